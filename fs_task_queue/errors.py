@@ -1,0 +1,181 @@
+"""The exception tree of fs-task-queue.
+
+Every error the library raises derives from :class:`FSQError`, and where a builtin
+exception already describes the problem the error derives from it too, so callers
+can catch either::
+
+    FSQError
+    ├── QueueError                 (ValueError)   path is not a usable queue
+    │   └── InsecureQueueError                     permissions let others write
+    ├── NoSuchJobError             (KeyError)     unknown job id
+    ├── SerializationError         (TypeError)    function/argument/result cannot be pickled
+    ├── CorruptFileError           (ValueError)   a queue file is truncated, foreign or tampered
+    ├── PythonVersionMismatchError (RuntimeError) submitter and worker Python differ
+    ├── WaitTimeoutError           (TimeoutError) ``job.wait(timeout=...)`` ran out
+    └── JobError                                  a job did not produce a result
+        ├── RemoteError                           the task raised on the worker
+        ├── JobCanceledError                      the job was canceled
+        ├── JobTimeoutError        (TimeoutError) the task ran past its timeout
+        └── WorkerLostError                       workers running it kept dying
+
+All of them pickle and unpickle to an equal error (they keep their constructor
+arguments in ``args``), so they cross process boundaries intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CorruptFileError",
+    "FSQError",
+    "InsecureQueueError",
+    "JobCanceledError",
+    "JobError",
+    "JobTimeoutError",
+    "NoSuchJobError",
+    "PythonVersionMismatchError",
+    "QueueError",
+    "RemoteError",
+    "SerializationError",
+    "WaitTimeoutError",
+    "WorkerLostError",
+]
+
+
+class FSQError(Exception):
+    """Base class of every error raised by fs-task-queue."""
+
+
+class QueueError(FSQError, ValueError):
+    """The path cannot be used as a queue (a file, unwritable, not a queue, newer format)."""
+
+
+class InsecureQueueError(QueueError):
+    """The queue directory can be written by other users, so its tasks cannot be trusted."""
+
+
+class NoSuchJobError(FSQError, KeyError):
+    """No job with this id exists in the queue."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; a sentence reads better
+        return str(self.args[0]) if self.args else "no such job"
+
+
+class SerializationError(FSQError, TypeError):
+    """A function, argument or result cannot be pickled (or unpickled)."""
+
+
+class CorruptFileError(FSQError, ValueError):
+    """A file in the queue is empty, truncated, foreign, tampered with or wrongly signed."""
+
+
+class PythonVersionMismatchError(FSQError, RuntimeError):
+    """The task was pickled by a Python whose major.minor differs from the worker's."""
+
+
+class WaitTimeoutError(FSQError, TimeoutError):
+    """Waiting for a job ran out of time; the job itself goes on."""
+
+
+class JobError(FSQError):
+    """A job ended without a result. ``job_id`` names it when known."""
+
+    def __init__(self, message: str, job_id: str | None = None) -> None:
+        super().__init__(message, job_id)
+        self.message = message
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class JobCanceledError(JobError):
+    """The job was canceled before it produced a result."""
+
+
+class WorkerLostError(JobError):
+    """Workers running the job died too many times; it was failed so it cannot loop forever."""
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    """The task ran longer than its timeout and was killed."""
+
+
+class RemoteError(JobError):
+    """The task raised an exception on the worker.
+
+    ``remote_type`` is the exception's qualified type name, ``remote_message`` its
+    message and ``remote_traceback`` the full traceback text formatted on the worker.
+    When the original exception object could be unpickled in the client it is
+    attached as ``__cause__``, so ``except ZeroDivisionError`` works through
+    :func:`raise_for`, which re-raises the original with this error chained.
+    """
+
+    def __init__(
+        self,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str,
+        job_id: str | None = None,
+    ) -> None:
+        super().__init__(f"{remote_type}: {remote_message}", job_id)
+        self.args = (remote_type, remote_message, remote_traceback, job_id)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        where = f" in job {self.job_id}" if self.job_id else ""
+        return (
+            f"{self.remote_type}: {self.remote_message}{where}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
+        )
+
+    def _render_traceback_(self) -> list[str]:
+        """Show the worker's traceback in IPython instead of the local frames."""
+        where = f" (job {self.job_id})" if self.job_id else ""
+        return [f"Remote traceback{where}:", *self.remote_traceback.rstrip().splitlines()]
+
+
+def _reduce_with_args(self: Exception) -> tuple[Any, ...]:
+    return (type(self), tuple(self.args), self.__dict__ or None)
+
+
+# Exceptions with keyword-free constructors pickle via ``args`` already; the ones
+# above that rewrite ``args`` or add attributes need a reduce that restores state.
+for _cls in (JobError, RemoteError):
+    _cls.__reduce__ = _reduce_with_args  # type: ignore[method-assign,assignment]
+
+
+_remote_classes: dict[type[BaseException], type[RemoteError]] = {}
+
+
+def _rebuild_remote(base: type[BaseException], args: tuple[Any, ...]) -> RemoteError:
+    return remote_error_class(base)(*args)
+
+
+def remote_error_class(base: type[BaseException] | None) -> type[RemoteError]:
+    """A RemoteError subclass that is also a ``base``, so ``except base`` catches it.
+
+    Falls back to plain RemoteError where the two cannot be combined (builtin
+    layout conflicts, BaseException-only types).
+    """
+    if base is None or not issubclass(base, Exception) or issubclass(base, FSQError):
+        return RemoteError
+    cls = _remote_classes.get(base)
+    if cls is None:
+        try:
+            cls = type(
+                f"Remote{base.__name__}",
+                (RemoteError, base),
+                {
+                    "__module__": __name__,
+                    "__reduce__": lambda self: (_rebuild_remote, (base, tuple(self.args))),
+                    "__init__": RemoteError.__init__,
+                    "__str__": RemoteError.__str__,
+                },
+            )
+        except TypeError:
+            cls = RemoteError
+        _remote_classes[base] = cls
+    return cls

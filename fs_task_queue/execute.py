@@ -1,0 +1,231 @@
+"""Running one claimed task: read and verify it, call it, commit its outcome.
+
+The steps are separate so that the call itself can run in another process:
+:func:`read_task` and :func:`commit` need the queue; :func:`call_task` needs only
+the task bytes and a :class:`~fs_task_queue.runtime.TaskContext`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fs_task_queue import layout
+from fs_task_queue.errors import CorruptFileError, PythonVersionMismatchError, SerializationError
+from fs_task_queue.runtime import TaskContext
+from fs_task_queue.serialize import TASK_MAGIC, dumps, loads, open_envelope, python_version
+from fs_task_queue.status import JobStatus
+
+if TYPE_CHECKING:
+    from fs_task_queue.job import Job
+    from fs_task_queue.queue import Queue
+
+__all__ = ["CallResult", "Task", "call_task", "commit", "quarantine", "read_task", "run_claimed"]
+
+log = logging.getLogger("fs_task_queue.worker")
+_HOST = socket.gethostname()
+
+
+@dataclass
+class Task:
+    """A verified task file."""
+
+    job_id: str
+    name: str
+    header: dict[str, Any]
+    payload: bytes
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.header.get("opt") or {})
+
+
+@dataclass
+class CallResult:
+    """What running a task produced: a status, an error record and a payload."""
+
+    status: JobStatus
+    payload: bytes = b""
+    error: dict[str, Any] | None = None
+    started: float = 0.0
+    ended: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_task(job: Job) -> Task:
+    """Read and verify the claimed task file of ``job`` (raises CorruptFileError)."""
+    assert job._name is not None and job._claimed_by is not None
+    path = layout.claimed_path(job._claimed_by, job._name)
+    try:
+        data = job.queue.storage.read(path)
+    except (IsADirectoryError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptFileError(f"the task file of job {job.id} cannot be read as a file: {exc}") from None
+    env = open_envelope(TASK_MAGIC, job.queue._key, job.id, data)
+    return Task(job.id, job._name, env.header, env.payload)
+
+
+def error_record(exc: BaseException, kind: str = "remote", skip_frames: int = 0) -> dict[str, Any]:
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    tb = exc.__traceback__
+    for _ in range(skip_frames):  # hide the worker's own frames from the user
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(cls, exc, tb))
+    return {"kind": kind, "type": name, "message": str(exc), "traceback": text}
+
+
+def _pickled_exception(exc: BaseException) -> bytes:
+    # Only ship the exception if it also unpickles, or the client would trade
+    # a readable error for an unpickling one.
+    try:
+        data = dumps(exc, "the exception")
+        loads(data, "the exception")
+    except Exception:
+        return b""
+    return data
+
+
+def failed(exc: BaseException, kind: str = "remote", skip_frames: int = 0) -> CallResult:
+    payload = _pickled_exception(exc) if kind == "remote" else b""
+    return CallResult(JobStatus.FAILED, payload, error_record(exc, kind, skip_frames))
+
+
+_functions: OrderedDict[bytes, Any] = OrderedDict()
+
+
+def _load_function(data: bytes) -> Any:
+    # Tasks from one map() share their function bytes: unpickle them once.
+    func = _functions.get(data)
+    if func is None:
+        func = loads(data, "the task's function")
+        _functions[data] = func
+        if len(_functions) > 64:
+            _functions.popitem(last=False)
+    return func
+
+
+def call_task(task: Task, ctx: TaskContext) -> CallResult:
+    """Unpickle and call the task in this process, capturing output; never raises."""
+    started = time.time()
+    result = _call(task, ctx)
+    result.started, result.ended = started, time.time()
+    return result
+
+
+def _call(task: Task, ctx: TaskContext) -> CallResult:
+    theirs, ours = task.header.get("py"), python_version()
+    if theirs != ours:
+        return failed(
+            PythonVersionMismatchError(
+                f"job {task.job_id} was submitted from Python {theirs} but this worker runs Python {ours}:"
+                f" run workers with Python {theirs} (pickles do not cross minor versions safely)"
+            ),
+            kind="version",
+        )
+    try:
+        split = int(task.header.get("fl", 0))
+        func = _load_function(task.payload[:split])
+        args, kwargs = loads(task.payload[split:], "the task's arguments")
+    except SerializationError as exc:
+        return failed(exc, kind="serialization")
+    with ctx.activate():
+        try:
+            value = func(*args, **kwargs)
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt from a task fail only it
+            return failed(exc, skip_frames=1)
+    try:
+        return CallResult(JobStatus.FINISHED, dumps(value, "the result"))
+    except SerializationError as exc:
+        return failed(exc, kind="serialization")
+
+
+def commit(job: Job, task_header: dict[str, Any] | None, result: CallResult, attempt: int = 1) -> bool:
+    """Publish the outcome of a claimed job and release the claim; False if it already had one.
+
+    The result file is published without replacing: if a canceler or another
+    worker (this one was presumed dead) committed first, this outcome is dropped.
+    """
+    queue = job.queue
+    header = task_header or {}
+    record: dict[str, Any] = {
+        "status": result.status.value,
+        "id": job.id,
+        "fn": header.get("fn"),
+        "enq": header.get("at"),
+        "start": result.started,
+        "end": result.ended,
+        "worker": job._claimed_by,
+        "host": _HOST,
+        "attempt": attempt,
+        **result.extra,
+    }
+    meta = (header.get("opt") or {}).get("metadata")
+    if meta:
+        record["meta"] = meta
+    if result.error is not None:
+        record["error"] = result.error
+    data = _outcome_bytes(queue, job.id, record, result)
+    committed = True
+    try:
+        queue.storage.publish(layout.result_path(job.id), data, replace=False)
+    except FileExistsError:
+        committed = False
+        log.info("job %s already has an outcome (canceled or run elsewhere); dropping this one", job.id)
+    release(job)
+    return committed
+
+
+def _outcome_bytes(queue: Queue, job_id: str, record: dict[str, Any], result: CallResult) -> bytes:
+    from fs_task_queue.job import Outcome
+
+    return Outcome.seal(queue, job_id, record, result.payload)
+
+
+def release(job: Job) -> None:
+    """Remove the claimed task file of ``job`` (it may be gone if recovery moved it)."""
+    assert job._claimed_by is not None and job._name is not None
+    try:
+        job.queue.storage.remove(layout.claimed_path(job._claimed_by, job._name))
+    except FileNotFoundError:
+        log.warning("job %s was taken from this worker (presumed dead?) before it finished", job.id)
+
+
+def quarantine(job: Job, exc: Exception) -> None:
+    """Move an unreadable task file to ``quarantine/`` and fail its job with the reason."""
+    assert job._claimed_by is not None and job._name is not None
+    log.error("quarantining task %s: %s", job._name, exc)
+    try:
+        job.queue.storage.rename(layout.claimed_path(job._claimed_by, job._name), f"{layout.QUARANTINE}/{job._name}")
+    except FileNotFoundError:
+        return
+    except OSError as err:  # a name that exists in quarantine already: just drop it
+        log.error("could not quarantine %s: %s", job._name, err)
+        release(job)
+    result = failed(CorruptFileError(f"{exc} (moved to {layout.QUARANTINE}/{job._name})"), kind="corrupt")
+    result.started = result.ended = time.time()
+    data = _outcome_bytes(job.queue, job.id, {"status": "failed", "id": job.id, "error": result.error}, result)
+    with contextlib.suppress(FileExistsError, OSError):
+        job.queue.storage.publish(layout.result_path(job.id), data, replace=False)
+
+
+def run_claimed(job: Job) -> None:
+    """Run a claimed job in this process from start to commit."""
+    try:
+        task = read_task(job)
+    except FileNotFoundError:
+        log.warning("claimed task %s vanished before it could be read", job.id)
+        return
+    except CorruptFileError as exc:
+        quarantine(job, exc)
+        return
+    result = call_task(task, TaskContext(job.queue, job.id, name=job._name))
+    commit(job, task.header, result)

@@ -1,0 +1,135 @@
+"""A :class:`concurrent.futures.Executor` backed by a queue.
+
+Code that accepts an executor (``executor.map``, ``as_completed``, joblib-style
+helpers, ``loop.run_in_executor``) can send its work to the queue's workers.
+One background thread watches ``results/`` for all of an executor's futures.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import TYPE_CHECKING, Any
+
+from fs_task_queue import layout
+from fs_task_queue.errors import FSQError
+from fs_task_queue.watch import DirWatcher
+
+if TYPE_CHECKING:
+    from fs_task_queue.job import Job
+    from fs_task_queue.queue import Queue
+
+__all__ = ["JobFuture", "QueueExecutor"]
+
+# Past this many pending futures a timer wake lists results/ once instead of
+# opening every pending result file.
+_LIST_THRESHOLD = 64
+
+
+class JobFuture(Future[Any]):
+    """A Future for a queued job; ``.job`` is the :class:`~fs_task_queue.job.Job`."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__()
+        self.job = job
+
+    def cancel(self) -> bool:
+        """Cancel the job in the queue (queued or running) and this future."""
+        if self.done():
+            return False
+        if not self.job.cancel() and self.job.done():
+            return False  # it finished first: the watcher will deliver its result
+        return super().cancel()
+
+
+class QueueExecutor(Executor):
+    """Submit calls to ``queue``; ``options`` (timeout, retries, metadata...) apply to each."""
+
+    def __init__(self, queue: Queue, **options: Any) -> None:
+        self.queue = queue
+        self.options = options
+        self._pending: dict[str, JobFuture] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._shutdown = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> JobFuture:
+        if self._shutdown:
+            raise RuntimeError("cannot submit to a QueueExecutor after shutdown()")
+        job = self.queue.enqueue_call(fn, args, kwargs, **self.options)
+        future = JobFuture(job)
+        with self._lock:
+            self._pending[job.id] = future
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="fsq-executor", daemon=True)
+                self._thread.start()
+        self._wake.set()
+        return future
+
+    def _settle(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            future = self._pending.get(job_id)
+            if future is None:
+                continue
+            try:
+                outcome = future.job._load_outcome()
+            except FSQError as exc:  # a corrupt result is this future's error
+                self._finish(job_id, future, None, exc)
+                continue
+            if outcome is not None:
+                try:
+                    value, error = None, outcome.error()
+                    if error is None:
+                        value = outcome.value()
+                except FSQError as exc:
+                    error = exc
+                self._finish(job_id, future, value, error)
+
+    def _finish(self, job_id: str, future: JobFuture, value: Any, error: BaseException | None) -> None:
+        with self._lock:
+            self._pending.pop(job_id, None)
+        if future.cancelled():
+            return
+        if future.set_running_or_notify_cancel():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+    def _watch(self) -> None:
+        with DirWatcher([self.queue.storage.local_path(layout.RESULTS)]) as watcher:
+            while True:
+                with self._lock:
+                    pending = list(self._pending)
+                    if not pending and self._shutdown:
+                        return
+                if not pending:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                if len(pending) > _LIST_THRESHOLD:
+                    present = set(self.queue._list(layout.RESULTS))
+                    pending = [j for j in pending if j in present]
+                self._settle(pending)
+                while True:
+                    changed = watcher.wait(1.0)
+                    if changed is None:
+                        break
+                    with self._lock:
+                        hits = [j for j in changed if j in self._pending]
+                    if hits:
+                        self._settle(hits)
+                    if not self._pending:
+                        break
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; with ``wait`` block until every submitted job is done."""
+        self._shutdown = True
+        if cancel_futures:
+            for future in list(self._pending.values()):
+                future.cancel()
+        self._wake.set()
+        if wait and self._thread is not None:
+            self._thread.join()

@@ -1,0 +1,61 @@
+"""Job ids and the names of task files.
+
+A task file in ``queued/`` is named by its *order key*, a string that sorts in
+submission order (UTC time to the microsecond, strictly increasing within a
+process, then random hex so two clients never collide). A generated job id *is*
+its order key, so the file of a generated job is found without a listing. A job
+submitted with a custom id is stored as ``<order>.<custom id>``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+__all__ = ["is_generated_id", "job_id_of", "new_order_key", "task_name", "validate_job_id"]
+
+_ORDER_RE = re.compile(r"^\d{8}-\d{6}-\d{6}-[0-9a-f]{6}$")
+_CUSTOM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
+
+_lock = threading.Lock()
+_last_us = 0
+
+
+def new_order_key() -> str:
+    """A new key that sorts after every key this process made before."""
+    global _last_us
+    with _lock:
+        now_us = time.time_ns() // 1000
+        # Two calls within one microsecond (or a clock step back) must still sort
+        # in call order, so never hand out a time at or below the last one.
+        _last_us = now_us = max(now_us, _last_us + 1)
+    seconds, micros = divmod(now_us, 1_000_000)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(seconds))
+    return f"{stamp}-{micros:06d}-{os.urandom(3).hex()}"
+
+
+def is_generated_id(job_id: str) -> bool:
+    """True when ``job_id`` has the shape of a generated id (its own order key)."""
+    return _ORDER_RE.match(job_id) is not None
+
+
+def validate_job_id(job_id: str) -> str:
+    """Return ``job_id`` if it can name a job, else raise ValueError saying what is allowed."""
+    if not isinstance(job_id, str) or not (_CUSTOM_RE.match(job_id) or is_generated_id(job_id)):
+        raise ValueError(
+            f"invalid job id {job_id!r}: use 1-128 characters from letters, digits, '_' and '-', not starting with '-'"
+        )
+    return job_id
+
+
+def task_name(order: str, job_id: str) -> str:
+    """The file name of a task in ``queued/``."""
+    return order if order == job_id else f"{order}.{job_id}"
+
+
+def job_id_of(name: str) -> str:
+    """The job id of the task file ``name`` (inverse of :func:`task_name`)."""
+    order, _, custom = name.partition(".")
+    return custom or order

@@ -1,0 +1,388 @@
+"""A handle on one job: its status, result, error, output and progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from fs_task_queue import layout
+from fs_task_queue.errors import (
+    FSQError,
+    JobCanceledError,
+    JobError,
+    JobTimeoutError,
+    NoSuchJobError,
+    WaitTimeoutError,
+    WorkerLostError,
+    remote_error_class,
+)
+from fs_task_queue.progress import JobInfo, Progress
+from fs_task_queue.serialize import RESULT_MAGIC, TASK_MAGIC, loads, open_envelope, seal
+from fs_task_queue.status import JobStatus
+from fs_task_queue.watch import DirWatcher
+
+if TYPE_CHECKING:
+    from fs_task_queue.queue import Queue
+
+__all__ = ["Job", "Outcome"]
+
+_MISSING = object()
+_ERROR_KINDS: dict[str, type[JobError]] = {
+    "canceled": JobCanceledError,
+    "timeout": JobTimeoutError,
+    "lost": WorkerLostError,
+}
+
+
+class Outcome:
+    """The committed end of a job: the verified content of ``results/<id>``."""
+
+    def __init__(self, job_id: str, header: dict[str, Any], payload: bytes) -> None:
+        self.job_id = job_id
+        self.header = header
+        self.payload = payload
+        self.status = JobStatus(header["status"])
+        self._value: Any = _MISSING
+
+    @classmethod
+    def parse(cls, queue: Queue, job_id: str, data: bytes) -> Outcome:
+        env = open_envelope(RESULT_MAGIC, queue._key, job_id, data)
+        return cls(job_id, env.header, env.payload)
+
+    @staticmethod
+    def seal(queue: Queue, job_id: str, header: dict[str, Any], payload: bytes = b"") -> bytes:
+        """The bytes of a result file (``header`` must hold ``status``)."""
+        return seal(RESULT_MAGIC, queue._key, job_id, header, payload)
+
+    def value(self) -> Any:
+        """The return value of a finished job (unpickled once)."""
+        if self._value is _MISSING:
+            self._value = loads(self.payload, f"the result of job {self.job_id}")
+        return self._value
+
+    def error(self) -> BaseException | None:
+        """The exception that describes why the job has no result, or None if it finished."""
+        if self.status is JobStatus.FINISHED:
+            return None
+        err = self.header.get("error") or {}
+        kind = err.get("kind", "remote")
+        message = err.get("message", "")
+        if self.status is JobStatus.CANCELED:
+            return JobCanceledError(message or f"job {self.job_id} was canceled", self.job_id)
+        if kind in _ERROR_KINDS:
+            return _ERROR_KINDS[kind](message, self.job_id)
+        original: BaseException | None = None
+        if self.payload:
+            try:
+                candidate = loads(self.payload, "the remote exception")
+                if isinstance(candidate, BaseException):
+                    original = candidate
+            except FSQError:
+                original = None  # the type is missing here: the text still tells all
+        base = type(original) if original is not None else None
+        args = (err.get("type", "Exception"), message, err.get("traceback", ""), self.job_id)
+        try:
+            remote = remote_error_class(base)(*args)
+        except Exception:
+            remote = remote_error_class(None)(*args)
+        if original is not None:
+            remote.__cause__ = original
+        return remote
+
+    def result(self) -> Any:
+        """The value, or raise the error."""
+        error = self.error()
+        if error is not None:
+            raise error
+        return self.value()
+
+
+class Job:
+    """A job in a queue. Get one from :meth:`Queue.enqueue` or :meth:`Queue.job`.
+
+    Status and result are read from the queue directory when asked for; a
+    finished job's outcome is cached, since it never changes.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        job_id: str,
+        *,
+        name: str | None = None,
+        header: dict[str, Any] | None = None,
+        claimed_by: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.id = job_id
+        self._name = name
+        self._task_header = header
+        self._claimed_by = claimed_by
+        self._outcome: Outcome | None = None
+
+    # ----------------------------------------------------------------- status
+    def _load_outcome(self) -> Outcome | None:
+        if self._outcome is None:
+            try:
+                data = self.queue.storage.read(layout.result_path(self.id))
+            except FileNotFoundError:
+                return None
+            self._outcome = Outcome.parse(self.queue, self.id, data)
+        return self._outcome
+
+    def _resolve(self) -> None:
+        """Find the task file name of a reattached job, or raise NoSuchJobError."""
+        if self._name is not None or self._load_outcome() is not None:
+            return
+        found = self.queue._find_task(self.id)
+        if found is None:
+            if self._load_outcome() is not None:  # it finished while we looked
+                return
+            raise NoSuchJobError(
+                f"no job {self.id!r} in the queue at {self.queue.path}: check the id"
+                " (queue.jobs() lists the jobs; purged jobs are gone)"
+            )
+        self._name = found[0]
+
+    def get_status(self) -> JobStatus:
+        """The job's current status (a :class:`JobStatus`)."""
+        outcome = self._load_outcome()
+        if outcome is not None:
+            return outcome.status
+        self._resolve()
+        if self._name is None:  # resolved by finding the outcome
+            return self._outcome.status  # type: ignore[union-attr]
+        if self.queue.storage.exists(layout.queued_path(self._name)):
+            return JobStatus.QUEUED
+        # Not queued: claimed, or finished since the first look (claim, run and
+        # commit only move forward), so look at the outcome once more.
+        outcome = self._load_outcome()
+        return outcome.status if outcome is not None else JobStatus.STARTED
+
+    @property
+    def status(self) -> JobStatus:
+        """Same as :meth:`get_status`."""
+        return self.get_status()
+
+    def done(self) -> bool:
+        """True once the job has finished, failed or been canceled."""
+        return self._load_outcome() is not None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.get_status() is JobStatus.FINISHED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.get_status() is JobStatus.FAILED
+
+    # ----------------------------------------------------------------- result
+    @property
+    def result(self) -> Any:
+        """None until the job is done, then its return value; raises if it failed or was canceled."""
+        outcome = self._load_outcome()
+        return None if outcome is None else outcome.result()
+
+    def _wait_outcome(self, timeout: float | None) -> Outcome:
+        outcome = self._load_outcome()
+        if outcome is not None:
+            return outcome
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with DirWatcher([self.queue.storage.local_path(layout.RESULTS)]) as watcher:
+            while (outcome := self._load_outcome()) is None:
+                while True:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise WaitTimeoutError(
+                            f"job {self.id} is still {self.get_status().value} after {timeout} s;"
+                            " it goes on: wait again, or cancel it with job.cancel()"
+                        )
+                    changed = watcher.wait(left)
+                    if changed is None or self.id in changed:
+                        break  # look again only when our result may be there
+        return outcome
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the job is done and return its result (or raise its error).
+
+        Raises :class:`~fs_task_queue.errors.WaitTimeoutError` (a TimeoutError)
+        if ``timeout`` seconds pass first; the job is not affected.
+        """
+        return self._wait_outcome(timeout).result()
+
+    def exception(self, timeout: float | None = 0) -> BaseException | None:
+        """The job's error if it failed or was canceled, None if it finished or is not done.
+
+        With a ``timeout`` (None: forever) wait that long for the job first.
+        """
+        if timeout == 0:
+            outcome = self._load_outcome()
+            return None if outcome is None else outcome.error()
+        return self._wait_outcome(timeout).error()
+
+    def cancel(self) -> bool:
+        """Cancel the job if it is not done yet; True if this call canceled it.
+
+        A queued job will never start. A running job is marked canceled at once
+        and its worker drops whatever it produces.
+        """
+        if self._load_outcome() is not None:
+            return False
+        header = {"status": JobStatus.CANCELED.value, "id": self.id, "end": time.time()}
+        try:
+            self.queue.storage.publish(
+                layout.result_path(self.id), Outcome.seal(self.queue, self.id, header), replace=False
+            )
+        except FileExistsError:  # it ended first
+            return False
+        if self._name is None:
+            found = self.queue._find_task(self.id)
+            self._name = found[0] if found else None
+        if self._name is not None:
+            try:  # workers skip it anyway (it has a result); this just tidies up
+                self.queue.storage.remove(layout.queued_path(self._name))
+            except FileNotFoundError:
+                pass
+        return True
+
+    # ------------------------------------------------------ output, progress
+    def _read_text(self, name: str) -> str:
+        try:
+            return self.queue.storage.read(layout.job_file(self.id, name)).decode("utf-8", "replace")
+        except (FileNotFoundError, NotADirectoryError):
+            return ""
+
+    @property
+    def stdout(self) -> str:
+        """What the task printed to stdout so far (readable while it runs)."""
+        return self._read_text("stdout")
+
+    @property
+    def stderr(self) -> str:
+        """What the task wrote to stderr so far (readable while it runs)."""
+        return self._read_text("stderr")
+
+    @property
+    def progress(self) -> Progress | None:
+        """The last progress the task reported, or None."""
+        try:
+            data = json.loads(self.queue.storage.read(layout.job_file(self.id, "progress")))
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+        return Progress(
+            done=data.get("done", 0),
+            total=data.get("total"),
+            message=data.get("message"),
+            updated_at=data.get("at", 0.0),
+        )
+
+    # ---------------------------------------------------------------- details
+    def _read_task_header(self) -> dict[str, Any] | None:
+        if self._task_header is not None:
+            return self._task_header
+        if self._name is None:
+            return None
+        paths = [layout.queued_path(self._name)]
+        found = self.queue._find_task(self.id)
+        if found and found[1] is not None:
+            paths.insert(0, layout.claimed_path(found[1], found[0]))
+        for path in paths:
+            try:
+                env = open_envelope(TASK_MAGIC, self.queue._key, self.id, self.queue.storage.read(path))
+            except (OSError, FSQError):
+                continue
+            self._task_header = env.header
+            return env.header
+        return None
+
+    def info(self) -> JobInfo:
+        """When and where the job ran, with its function name and metadata."""
+        status = self.get_status()
+        outcome = self._outcome
+        if outcome is not None:
+            h = outcome.header
+            err = h.get("error") or {}
+            return JobInfo(
+                id=self.id,
+                status=status.value,
+                function=h.get("fn"),
+                enqueued_at=h.get("enq"),
+                started_at=h.get("start"),
+                ended_at=h.get("end"),
+                worker=h.get("worker"),
+                host=h.get("host"),
+                attempt=h.get("attempt"),
+                metadata=h.get("meta") or {},
+                error=f"{err.get('type', '')}: {err.get('message', '')}" if err else None,
+            )
+        task = self._read_task_header() or {}
+        worker = started = None
+        if status is JobStatus.STARTED:
+            found = self.queue._find_task(self.id)
+            if found and found[1]:
+                worker = found[1]
+                try:  # rename sets ctime: the claim time
+                    started = self.queue.storage.stat(layout.claimed_path(found[1], found[0])).ctime
+                except OSError:
+                    started = None
+        opts = task.get("opt") or {}
+        return JobInfo(
+            id=self.id,
+            status=status.value,
+            function=task.get("fn"),
+            enqueued_at=task.get("at"),
+            started_at=started,
+            worker=worker,
+            metadata=opts.get("metadata") or {},
+        )
+
+    @property
+    def enqueued_at(self) -> float | None:
+        """Submission time (seconds since the epoch)."""
+        return self.info().enqueued_at
+
+    @property
+    def started_at(self) -> float | None:
+        return self.info().started_at
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.info().ended_at
+
+    @property
+    def worker(self) -> str | None:
+        """Id of the worker that runs or ran the job."""
+        return self.info().worker
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.info().metadata
+
+    # -------------------------------------------------------------- running
+    def __call__(self) -> Any:
+        """Run a job claimed with :meth:`Queue.dequeue` in this process and record its outcome.
+
+        Returns the result or raises the job's error, like :meth:`wait`.
+        """
+        if self._claimed_by is None or self._name is None:
+            raise FSQError(f"job {self.id} is not claimed by this process: claim jobs with queue.dequeue()")
+        from fs_task_queue.execute import run_claimed
+
+        run_claimed(self)
+        return self.wait(0)
+
+    def __repr__(self) -> str:
+        status = self._outcome.status.value if self._outcome else None
+        if status is None:
+            try:
+                status = self.get_status().value
+            except (OSError, FSQError):
+                status = "unknown"
+        return f"<Job {self.id} {status}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id and other.queue == self.queue
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.queue.path))

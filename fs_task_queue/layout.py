@@ -1,0 +1,66 @@
+"""Where every file of a queue lives: pure path arithmetic, no I/O.
+
+Paths are relative to the queue root and use ``/``, so the same layout serves a
+local directory and a remote one. See ``docs/protocol.md`` for what each holds.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CLAIMED",
+    "FORMAT_FILE",
+    "JOBS",
+    "KEY_FILE",
+    "QUARANTINE",
+    "QUEUED",
+    "RESULTS",
+    "SUBDIRS",
+    "TMP",
+    "WORKERS",
+    "claimed_dir",
+    "claimed_path",
+    "job_dir",
+    "job_file",
+    "queued_path",
+    "result_path",
+    "worker_path",
+]
+
+FORMAT_FILE = "fsq-format.json"
+KEY_FILE = "key"
+QUEUED = "queued"
+CLAIMED = "claimed"
+RESULTS = "results"
+JOBS = "jobs"
+WORKERS = "workers"
+TMP = "tmp"
+QUARANTINE = "quarantine"
+SUBDIRS = (QUEUED, CLAIMED, RESULTS, JOBS, WORKERS, TMP, QUARANTINE)
+
+
+def queued_path(name: str) -> str:
+    return f"{QUEUED}/{name}"
+
+
+def claimed_dir(worker_id: str) -> str:
+    return f"{CLAIMED}/{worker_id}"
+
+
+def claimed_path(worker_id: str, name: str) -> str:
+    return f"{CLAIMED}/{worker_id}/{name}"
+
+
+def result_path(job_id: str) -> str:
+    return f"{RESULTS}/{job_id}"
+
+
+def job_dir(job_id: str) -> str:
+    return f"{JOBS}/{job_id}"
+
+
+def job_file(job_id: str, name: str) -> str:
+    return f"{JOBS}/{job_id}/{name}"
+
+
+def worker_path(worker_id: str) -> str:
+    return f"{WORKERS}/{worker_id}"

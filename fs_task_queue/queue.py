@@ -1,0 +1,527 @@
+"""The queue: submitting tasks, finding jobs, and the claim/commit protocol.
+
+This is the one implementation of the on-disk protocol (``docs/protocol.md``);
+it does all I/O through a :class:`~fs_task_queue.storage.Storage`, so a local
+directory and a remote one share it. In short:
+
+* submit: write ``tmp/…``, rename to ``queued/<order>[.<id>]`` (the task is
+  visible whole or not at all);
+* claim: rename ``queued/<name>`` to ``claimed/<worker>/<name>``; one racing
+  worker wins, the others get FileNotFoundError and try the next name;
+* commit: publish ``results/<id>`` *without replacing*; the first outcome wins
+  (a canceler, a worker, a worker presumed dead), so no job gets two results;
+  then remove the claimed file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from fs_task_queue import layout
+from fs_task_queue._version import __version__
+from fs_task_queue.errors import CorruptFileError, QueueError
+from fs_task_queue.ids import is_generated_id, job_id_of, new_order_key, task_name, validate_job_id
+from fs_task_queue.job import Job, Outcome
+from fs_task_queue.progress import WorkerInfo
+from fs_task_queue.serialize import TASK_MAGIC, dumps, dumps_call, python_version, seal
+from fs_task_queue.status import JobStatus
+from fs_task_queue.storage import Storage
+from fs_task_queue.storage.local import LocalStorage
+from fs_task_queue.watch import DirWatcher
+
+if TYPE_CHECKING:
+    from fs_task_queue.executor import QueueExecutor
+
+__all__ = ["FORMAT_VERSION", "Queue"]
+
+FORMAT_VERSION = 1
+_FORMAT_NAME = "fs-task-queue"
+#: A worker re-lists ``queued/`` at least this often even with names left in
+#: its batch, so re-queued (older) tasks are not stuck behind a long batch.
+BATCH_MAX_AGE = 10.0
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Queue:
+    """A task queue kept in the directory ``path``.
+
+    ``Queue(path)`` opens the queue, creating it (owner-only permissions) when
+    the directory does not exist or is empty; ``create=False`` refuses to.
+    ``shared=True`` (or a ``group``-readable ``mode``) makes a new queue usable by
+    the members of the directory's group. ``durable=True`` fsyncs every file and
+    directory entry it writes (survives power loss, costs speed).
+
+    >>> queue = Queue("path/to/queue")            # doctest: +SKIP
+    >>> job = queue.enqueue(operator.add, 1, 2)   # doctest: +SKIP
+    >>> job.wait()                                # doctest: +SKIP
+    3
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        shared: bool = False,
+        durable: bool = False,
+        storage: Storage | None = None,
+    ) -> None:
+        if storage is None:
+            if path is None:
+                raise TypeError("Queue() needs a path (or a storage)")
+            file_mode, dir_mode = (0o660, 0o2770) if shared else (0o600, 0o700)
+            storage = LocalStorage(path, file_mode=file_mode, dir_mode=dir_mode, durable=durable)
+        self.storage: Storage = storage
+        self.path = storage.location
+        self._host = socket.gethostname()
+        self._format = self._open(create, shared)
+        self._key = self.storage.read(layout.KEY_FILE)
+        self._pyver = python_version()
+        self._claimer: Claimer | None = None
+        self._status_cache: dict[str, JobStatus] = {}
+
+    # ------------------------------------------------------------------ opening
+    def _open(self, create: bool, shared: bool) -> dict[str, Any]:
+        try:
+            return self._read_format()
+        except FileNotFoundError:
+            pass
+        except NotADirectoryError:
+            raise QueueError(
+                f"{self.path} is a file, not a queue directory: pass the path of a directory (it is created if missing)"
+            ) from None
+        except PermissionError as exc:
+            raise QueueError(f"cannot read the queue at {self.path}: {exc.strerror}; check its permissions") from None
+        if not create:
+            raise QueueError(f"there is no queue at {self.path}: create it with Queue({self.path!r})")
+        return self._create(shared)
+
+    def _read_format(self) -> dict[str, Any]:
+        raw = self.storage.read(layout.FORMAT_FILE)
+        try:
+            fmt = json.loads(raw)
+            ok = fmt.get("format") == _FORMAT_NAME
+        except (ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise QueueError(f"{self.path}/{layout.FORMAT_FILE} is not an fs-task-queue format file")
+        if int(fmt.get("version", 0)) > FORMAT_VERSION:
+            raise QueueError(
+                f"the queue at {self.path} has format {fmt['version']}, newer than this"
+                f" fs-task-queue {__version__} reads ({FORMAT_VERSION}): upgrade fs-task-queue"
+            )
+        return dict(fmt)
+
+    def _create(self, shared: bool) -> dict[str, Any]:
+        storage = self.storage
+        try:
+            try:
+                info = storage.stat("")
+            except FileNotFoundError:
+                info = None
+            if info is not None and not info.is_dir:
+                raise QueueError(f"{self.path} is a file, not a queue directory: pass the path of a directory")
+            if info is not None:
+                known = {*layout.SUBDIRS, layout.KEY_FILE}
+                foreign = sorted(n for n in storage.listdir("") if n not in known)
+                if foreign:
+                    shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+                    raise QueueError(
+                        f"{self.path} is not a queue and is not empty (it holds {shown}):"
+                        " use a new or empty directory for a queue"
+                    )
+            storage.mkdir("")
+            for sub in layout.SUBDIRS:
+                storage.mkdir(sub)
+            # The key is made before the format file, which is written last: a
+            # directory with a format file is a complete queue. Racing creators
+            # are fine because neither file is ever replaced.
+            for name, data in (
+                (layout.KEY_FILE, os.urandom(32)),
+                (
+                    layout.FORMAT_FILE,
+                    json.dumps(
+                        {
+                            "format": _FORMAT_NAME,
+                            "version": FORMAT_VERSION,
+                            "created_by": __version__,
+                            "created_at": _now(),
+                            "shared": shared,
+                        },
+                        indent=1,
+                    ).encode(),
+                ),
+            ):
+                with contextlib.suppress(FileExistsError):
+                    storage.publish(name, data, replace=False)
+        except PermissionError as exc:
+            raise QueueError(
+                f"cannot create a queue at {self.path}: {exc.strerror} ({exc.filename});"
+                " choose a directory you can write to"
+            ) from None
+        except OSError as exc:
+            if isinstance(exc, QueueError):
+                raise
+            raise QueueError(f"cannot create a queue at {self.path}: {exc}") from None
+        return self._read_format()
+
+    # --------------------------------------------------------------- submitting
+    def enqueue(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+        """Submit ``func(*args, **kwargs)`` and return its :class:`Job`.
+
+        Every keyword argument goes to ``func``; to set task options (job id,
+        timeout, retries, metadata) use :meth:`enqueue_call`.
+        """
+        return self.enqueue_call(func, args, kwargs)
+
+    def enqueue_call(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        retry_backoff: float = 2.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> Job:
+        """Submit ``func(*args, **kwargs)`` with task options that never reach ``func``.
+
+        ``job_id`` names the job (letters, digits, ``_``, ``-``; unique in the
+        queue: a second submit with the same id raises FileExistsError while the
+        first is queued). ``timeout`` (seconds), ``retries``, ``retry_delay``
+        and ``retry_backoff`` are enforced by the worker. ``metadata`` is a
+        JSON-serializable dict kept with the job.
+        """
+        func_bytes, args_bytes = dumps_call(func, tuple(args), dict(kwargs or {}))
+        options = _options(timeout, retries, retry_delay, retry_backoff, metadata)
+        return self._submit(func, func_bytes, args_bytes, options, job_id)
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        retry_backoff: float = 2.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[Job]:
+        """Submit ``func(*items)`` for each tuple of items, like builtin ``map``.
+
+        Much faster per task than a loop of :meth:`enqueue`: the function is
+        pickled once and shared by every task file. Returns the jobs in order.
+        """
+        options = _options(timeout, retries, retry_delay, retry_backoff, metadata)
+        func_bytes, _ = dumps_call(func, (), {})
+        empty: dict[str, Any] = {}
+        return [
+            self._submit(func, func_bytes, dumps((tuple(items), empty), "the arguments"), options, None)
+            for items in zip(*iterables, strict=False)
+        ]
+
+    def enqueue_many(
+        self, func: Callable[..., Any], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], **options: Any
+    ) -> list[Job]:
+        """Submit ``func(*args, **kwargs)`` for each ``(args, kwargs)`` in ``calls``."""
+        opts = _options(**options)
+        func_bytes, _ = dumps_call(func, (), {})
+        return [
+            self._submit(func, func_bytes, dumps((tuple(a), dict(k)), "the arguments"), opts, None) for a, k in calls
+        ]
+
+    def _submit(
+        self,
+        func: Callable[..., Any],
+        func_bytes: bytes,
+        args_bytes: bytes,
+        options: dict[str, Any],
+        job_id: str | None,
+    ) -> Job:
+        order = new_order_key()
+        job_id = order if job_id is None else validate_job_id(job_id)
+        now = _now()
+        header = {
+            "id": job_id,
+            "py": self._pyver,
+            "fn": _func_name(func),
+            "at": now,
+            "opt": options,
+            "fl": len(func_bytes),
+        }
+        data = seal(TASK_MAGIC, self._key, job_id, header, func_bytes + args_bytes)
+        name = task_name(order, job_id)
+        if job_id != order and self.storage.exists(layout.result_path(job_id)):
+            raise FileExistsError(errno.EEXIST, f"a job with id {job_id!r} already exists in {self.path}")
+        try:
+            self.storage.publish(layout.queued_path(name), data, replace=False)
+        except PermissionError as exc:
+            raise QueueError(
+                f"cannot write into the queue at {self.path}: {exc.strerror}. It belongs to another"
+                " user or is read-only: ask its owner to share it (Queue(path, shared=True)) or use your own"
+            ) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise QueueError(
+                    f"cannot submit to {self.path}: {exc.strerror}. Nothing was queued; free space"
+                    " or quota (or remount read-write) and submit again"
+                ) from None
+            raise
+        return Job(self, job_id, name=name, header=header)
+
+    # ------------------------------------------------------------ finding jobs
+    def job(self, job_id: str) -> Job:
+        """Reattach to an existing job by id (from another process or after a restart)."""
+        job = Job(self, job_id)
+        job._resolve()  # raises NoSuchJobError for an unknown id
+        return job
+
+    def jobs(self, status: JobStatus | str | None = None) -> list[Job]:
+        """The jobs in the queue, oldest first, optionally only those in ``status``."""
+        wanted = JobStatus(status) if status is not None else None
+        out: list[Job] = []
+        if wanted in (None, JobStatus.QUEUED):
+            out += [Job(self, job_id_of(n), name=n) for n in self._list_tasks(layout.QUEUED)]
+        if wanted in (None, JobStatus.STARTED):
+            for worker_id in self._list(layout.CLAIMED):
+                out += [Job(self, job_id_of(n), name=n) for n in self._list_tasks(layout.claimed_dir(worker_id))]
+        if wanted is None or wanted.is_done:
+            for job_id in sorted(self._list(layout.RESULTS)):
+                if job_id.startswith(".") or ".tmp" in job_id:
+                    continue
+                if wanted is None or self._result_status(job_id) is wanted:
+                    out.append(Job(self, job_id))
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """Counts of jobs per state: queued, started, finished, failed, canceled (and workers)."""
+        counts = {s.value: 0 for s in JobStatus}
+        counts[JobStatus.QUEUED.value] = len(self._list_tasks(layout.QUEUED))
+        counts[JobStatus.STARTED.value] = sum(
+            len(self._list_tasks(layout.claimed_dir(w))) for w in self._list(layout.CLAIMED)
+        )
+        for job_id in self._list(layout.RESULTS):
+            status = self._result_status(job_id)
+            if status is not None:
+                counts[status.value] += 1
+        counts["workers"] = len(self.workers())
+        return counts
+
+    def workers(self) -> list[WorkerInfo]:
+        """The registered workers, with heartbeat age and running jobs."""
+        out = []
+        now = _now()
+        for worker_id in sorted(self._list(layout.WORKERS)):
+            if worker_id.startswith("."):
+                continue
+            try:
+                info = self.storage.stat(layout.worker_path(worker_id))
+                record = json.loads(self.storage.read(layout.worker_path(worker_id)) or b"{}")
+            except (OSError, ValueError):
+                continue
+            try:
+                running = tuple(job_id_of(n) for n in self._list_tasks(layout.claimed_dir(worker_id)))
+            except OSError:
+                running = ()
+            out.append(
+                WorkerInfo(
+                    id=worker_id,
+                    host=record.get("host"),
+                    pid=record.get("pid"),
+                    started_at=record.get("started_at"),
+                    version=record.get("version"),
+                    heartbeat_age=max(0.0, now - info.mtime),
+                    running=running,
+                )
+            )
+        return out
+
+    def _list(self, directory: str) -> list[str]:
+        try:
+            return self.storage.listdir(directory)
+        except FileNotFoundError:
+            return []
+
+    def _list_tasks(self, directory: str) -> list[str]:
+        return sorted(n for n in self._list(directory) if not n.startswith("."))
+
+    def _result_status(self, job_id: str) -> JobStatus | None:
+        status = self._status_cache.get(job_id)
+        if status is None:
+            try:
+                data = self.storage.read(layout.result_path(job_id))
+                status = Outcome.parse(self, job_id, data).status
+            except (OSError, CorruptFileError):
+                return None
+            self._status_cache[job_id] = status  # results never change
+        return status
+
+    def _find_task(self, job_id: str) -> tuple[str, str | None] | None:
+        """Where the task file of ``job_id`` is: (name, worker id or None if queued)."""
+        if is_generated_id(job_id):
+            if self.storage.exists(layout.queued_path(job_id)):
+                return job_id, None
+            names: Iterable[str] = ()
+        else:
+            suffix = f".{job_id}"
+            names = (n for n in self._list(layout.QUEUED) if n.endswith(suffix))
+            for name in names:
+                return name, None
+        for worker_id in self._list(layout.CLAIMED):
+            for name in self._list(layout.claimed_dir(worker_id)):
+                if job_id_of(name) == job_id:
+                    return name, worker_id
+        return None
+
+    # ------------------------------------------------------- worker-side calls
+    def dequeue(self, timeout: float | None = None, *, worker_id: str | None = None) -> Job:
+        """Claim the next task and return its job; run it with ``job()``.
+
+        Waits up to ``timeout`` seconds (None: forever) and raises TimeoutError
+        when no task came. This is the building block of custom workers.
+        """
+        if self._claimer is None or (worker_id is not None and self._claimer.worker_id != worker_id):
+            self._claimer = Claimer(self, worker_id or default_worker_id())
+        claimer = self._claimer
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with DirWatcher([self.storage.local_path(layout.QUEUED)]) as watcher:
+            while True:
+                job = claimer.claim()
+                if job is not None:
+                    return job
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"no task arrived in {self.path} within {timeout} s")
+                watcher.wait(left)
+
+    def executor(self, **options: Any) -> QueueExecutor:
+        """A :class:`concurrent.futures.Executor` that runs submissions on this queue."""
+        from fs_task_queue.executor import QueueExecutor
+
+        return QueueExecutor(self, **options)
+
+    def __repr__(self) -> str:
+        return f"Queue({self.path!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Queue) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+
+class Claimer:
+    """Claims tasks for one worker, oldest first, at a cost that does not grow with the queue.
+
+    It lists ``queued/`` once into a sorted batch and claims from its head; names
+    that another worker took first fail their rename and are skipped. It lists
+    again when the batch runs out or is older than :data:`BATCH_MAX_AGE`.
+    """
+
+    def __init__(self, queue: Queue, worker_id: str) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self._batch: deque[str] = deque()
+        self._listed_at = 0.0
+        self._has_dir = False
+
+    def refresh(self) -> None:
+        """Forget the batch so the next claim lists ``queued/`` again."""
+        self._batch.clear()
+
+    def claim(self) -> Job | None:
+        """Claim the oldest available task, or return None if there is none."""
+        storage = self.queue.storage
+        if not self._has_dir:
+            storage.mkdir(layout.claimed_dir(self.worker_id))
+            self._has_dir = True
+        batch = self._batch
+        fresh = False
+        while True:
+            if not batch or time.monotonic() - self._listed_at > BATCH_MAX_AGE:
+                if fresh:
+                    return None
+                batch.clear()
+                batch.extend(sorted(storage.listdir(layout.QUEUED)))
+                self._listed_at = time.monotonic()
+                fresh = True
+                if not batch:
+                    return None
+            name = batch.popleft()
+            if name.startswith(".") or name.endswith(".tmp"):
+                continue  # NFS silly-rename files and the like are not tasks
+            claimed = layout.claimed_path(self.worker_id, name)
+            try:
+                storage.rename(layout.queued_path(name), claimed)
+            except FileNotFoundError:
+                continue  # another worker won this one
+            job_id = job_id_of(name)
+            if storage.exists(layout.result_path(job_id)):
+                # Canceled while queued, or a replayed/duplicate file of a job
+                # that already has its one result: never run it again.
+                _remove_quietly(storage, claimed)
+                continue
+            return Job(self.queue, job_id, name=name, claimed_by=self.worker_id)
+
+    def __iter__(self) -> Iterator[Job]:
+        while (job := self.claim()) is not None:
+            yield job
+
+
+def _remove_quietly(storage: Storage, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        storage.remove(path)
+
+
+def default_worker_id() -> str:
+    """A worker id unique across hosts and restarts: ``<host>-<pid>-<random>``."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+def _func_name(func: Any) -> str:
+    module = getattr(func, "__module__", None) or ""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__qualname__
+    return f"{module}.{name}" if module else str(name)
+
+
+def _options(
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_delay: float = 0.0,
+    retry_backoff: float = 2.0,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+    if retry_delay < 0 or retry_backoff < 1:
+        raise ValueError("retry_delay must be >= 0 and retry_backoff >= 1")
+    opts: dict[str, Any] = {}
+    if timeout is not None:
+        opts["timeout"] = float(timeout)
+    if retries:
+        opts["retries"] = retries
+        opts["retry_delay"] = float(retry_delay)
+        opts["retry_backoff"] = float(retry_backoff)
+    if metadata:
+        try:
+            json.dumps(metadata)
+        except TypeError as exc:
+            raise ValueError(f"metadata must be JSON-serializable: {exc}") from None
+        opts["metadata"] = metadata
+    return opts

@@ -1,0 +1,142 @@
+"""What goes inside task and result files: cloudpickle payloads in signed envelopes.
+
+An envelope is ``MAGIC | HMAC-SHA256 | header length | JSON header | payload``.
+The signature covers the magic, the file's job id and everything after it, so a
+worker never unpickles a file that was truncated, tampered with, written by
+someone without the queue's key, or renamed to another job's id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from fs_task_queue.errors import CorruptFileError, SerializationError
+
+__all__ = [
+    "RESULT_MAGIC",
+    "TASK_MAGIC",
+    "Envelope",
+    "dumps",
+    "dumps_call",
+    "loads",
+    "open_envelope",
+    "python_version",
+    "seal",
+]
+
+TASK_MAGIC = b"FSQT1"
+RESULT_MAGIC = b"FSQR1"
+_SIG = 32
+_PREFIX = 5 + _SIG + 4
+
+
+def python_version() -> str:
+    """This interpreter's major.minor, recorded with every task."""
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A verified envelope: its header and raw payload."""
+
+    header: dict[str, Any]
+    payload: bytes
+
+
+def _signature(key: bytes, magic: bytes, job_id: str, body: bytes | memoryview) -> bytes:
+    mac = hmac.new(key, magic, hashlib.sha256)
+    mac.update(job_id.encode())
+    mac.update(b"\0")
+    mac.update(body)
+    return mac.digest()
+
+
+def seal(magic: bytes, key: bytes, job_id: str, header: dict[str, Any], payload: bytes) -> bytes:
+    """Build a signed envelope for ``job_id``."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    body = b"".join((len(head).to_bytes(4, "big"), head, payload))
+    return b"".join((magic, _signature(key, magic, job_id, body), body))
+
+
+def open_envelope(magic: bytes, key: bytes, job_id: str, data: bytes) -> Envelope:
+    """Verify and split an envelope; raise CorruptFileError saying what is wrong."""
+    kind = "task" if magic == TASK_MAGIC else "result"
+    if not data:
+        raise CorruptFileError(f"the {kind} file of job {job_id} is empty (a writer died mid-write?)")
+    if data[:3] != magic[:3]:
+        raise CorruptFileError(
+            f"the {kind} file of job {job_id} is not an fs-task-queue file (foreign file in the queue?)"
+        )
+    if data[:5] != magic:
+        raise CorruptFileError(
+            f"the {kind} file of job {job_id} has format {data[3:5]!r}, this version reads"
+            f" {magic[3:5]!r}: upgrade fs-task-queue on this side"
+        )
+    if len(data) < _PREFIX:
+        raise CorruptFileError(f"the {kind} file of job {job_id} is truncated")
+    view = memoryview(data)
+    body = view[5 + _SIG :]
+    # compare_digest takes the same time wherever the first difference is, so the
+    # check leaks nothing an attacker could use to forge a signature byte by byte.
+    if not hmac.compare_digest(view[5 : 5 + _SIG], _signature(key, magic, job_id, body)):
+        raise CorruptFileError(
+            f"the {kind} file of job {job_id} fails its signature check: it is truncated,"
+            " was tampered with, was signed with another queue's key, or belongs to another job"
+        )
+    head_len = int.from_bytes(body[:4], "big")
+    try:
+        header = json.loads(bytes(body[4 : 4 + head_len]))
+    except ValueError as exc:  # signed but unreadable: a bug, not an attack
+        raise CorruptFileError(f"the {kind} file of job {job_id} has an unreadable header") from exc
+    return Envelope(header=header, payload=bytes(body[4 + head_len :]))
+
+
+def _type_name(obj: Any) -> str:
+    cls = type(obj)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def dumps(obj: Any, what: str) -> bytes:
+    """Pickle ``obj`` with cloudpickle; on failure name ``what`` and its type."""
+    try:
+        data: bytes = cloudpickle.dumps(obj, protocol=5)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot pickle {what} of type {_type_name(obj)}: {type(exc).__name__}: {exc}."
+            " Pass something picklable (open files, locks, sockets and database"
+            " connections are not; pass the path or settings to open them inside the task)"
+        ) from exc
+    return data
+
+
+def dumps_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Pickle a call as (function bytes, arguments bytes), naming the culprit on failure."""
+    if not callable(func):
+        raise TypeError(f"the task must be callable, got {_type_name(func)}")
+    func_bytes = dumps(func, "the function")
+    try:
+        return func_bytes, cloudpickle.dumps((args, kwargs), protocol=5)
+    except Exception:
+        for i, arg in enumerate(args):
+            dumps(arg, f"positional argument {i}")
+        for name, value in kwargs.items():
+            dumps(value, f"keyword argument {name!r}")
+        raise
+
+
+def loads(data: bytes, what: str) -> Any:
+    """Unpickle ``data``; on failure say what could not be rebuilt and why."""
+    try:
+        return cloudpickle.loads(data)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot unpickle {what}: {type(exc).__name__}: {exc}. A module it needs may be"
+            " missing or different here: install the same packages on both sides"
+        ) from exc

@@ -1,0 +1,94 @@
+"""The storage seam: the few byte-and-name operations the queue logic needs.
+
+Queue, Job and Worker logic is written once against :class:`Storage`; local disk
+(:class:`~fs_task_queue.storage.local.LocalStorage`) implements it, and so can
+SFTP or anything else that offers an atomic rename. Paths are relative to the
+queue root and use ``/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["FileInfo", "Storage"]
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What ``stat`` tells about a file."""
+
+    size: int
+    mtime: float
+    ctime: float
+    is_file: bool
+    is_dir: bool
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Byte-and-name operations on a queue directory.
+
+    Every write is atomic: readers see a whole file or none. Errors are the
+    builtin ``OSError`` subclasses (``FileNotFoundError`` when a racing process
+    moved the file first, ``FileExistsError`` when a no-replace target exists).
+    """
+
+    #: Human-readable location of the queue (a path or URL).
+    location: str
+
+    def read(self, path: str) -> bytes:
+        """The whole content of a regular file (never follows a symlink, never blocks on a FIFO)."""
+        ...
+
+    def read_from(self, path: str, offset: int) -> bytes:
+        """The content of ``path`` from byte ``offset`` on (for tailing logs)."""
+        ...
+
+    def publish(self, path: str, data: bytes, *, replace: bool) -> None:
+        """Write ``data`` to ``path`` atomically (temp file + rename).
+
+        With ``replace=False`` the target must not exist (``FileExistsError``):
+        of any number of racing publishers exactly one wins.
+        """
+        ...
+
+    def append(self, path: str, data: bytes) -> None:
+        """Append ``data`` to ``path``, creating it (logs written while a task runs)."""
+        ...
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` to a free name ``dst`` atomically; exactly one racing mover wins."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Delete a file."""
+        ...
+
+    def remove_tree(self, path: str) -> None:
+        """Delete a directory and everything in it; a missing one is fine."""
+        ...
+
+    def mkdir(self, path: str) -> None:
+        """Create a directory (and its parents); an existing one is fine."""
+        ...
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a directory, unsorted."""
+        ...
+
+    def stat(self, path: str) -> FileInfo:
+        """Size, times and type of ``path`` (without following a symlink)."""
+        ...
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists."""
+        ...
+
+    def touch(self, path: str) -> None:
+        """Set the modification time of an existing file to now (FileNotFoundError if gone)."""
+        ...
+
+    def local_path(self, path: str) -> str | None:
+        """The OS path of ``path`` when the queue is on a mounted filesystem, else None."""
+        ...

@@ -1,0 +1,224 @@
+"""Storage on a mounted filesystem (local disk, NFS, Lustre, GPFS, sshfs...).
+
+Each operation uses as few system calls as it can, because workers make them for
+every task: a read is open/fstat/read/close and a publish is open/write/close/
+rename. Files are opened with O_NOFOLLOW so a symlink planted in the queue cannot
+redirect a read or a write, and with O_NONBLOCK for reads so a FIFO cannot hang a
+worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+import stat as stat_mod
+from typing import Any
+
+from fs_task_queue.storage import FileInfo
+
+__all__ = ["LocalStorage"]
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _load_renameat2() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28, or not Linux
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_renameat2 = _load_renameat2()
+
+
+class LocalStorage:
+    """Storage rooted at a directory of a mounted filesystem.
+
+    ``file_mode``/``dir_mode`` are the permission bits of what it creates
+    (owner-only unless the queue is shared with a group). ``durable=True`` adds
+    fsync of every published file and its directory, for power-loss safety at
+    the price of speed.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        tmp_dir: str = "tmp",
+        file_mode: int = 0o600,
+        dir_mode: int = 0o700,
+        durable: bool = False,
+    ) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.location = self.root
+        self._tmp = f"{self.root}/{tmp_dir}"
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
+        self.durable = durable
+        # Group-shared queues need bits the umask may strip; fix them explicitly,
+        # but only then, so the default path costs no extra syscall.
+        self._chmod = (file_mode & 0o077) != 0
+        self._noreplace = _renameat2 is not None
+        self._counter = 0
+        self._rand = os.urandom(4).hex()
+
+    def _abs(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    def local_path(self, path: str) -> str | None:
+        return self._abs(path)
+
+    def read(self, path: str) -> bytes:
+        fd = os.open(self._abs(path), _READ_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", self._abs(path))
+            # One read of size+1 normally returns the whole file (4 syscalls in
+            # all); loop only if the file grew or the filesystem reads short.
+            data = os.read(fd, st.st_size + 1)
+            if len(data) == st.st_size:
+                return data
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def read_from(self, path: str, offset: int) -> bytes:
+        fd = os.open(self._abs(path), _READ_FLAGS)
+        try:
+            chunks = []
+            while chunk := os.pread(fd, 1 << 20, offset):
+                chunks.append(chunk)
+                offset += len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def _new_tmp_name(self, path: str) -> str:
+        self._counter += 1
+        # The pid keeps names unique across a fork that copied the counter.
+        name = path.rpartition("/")[2]
+        return f"{self._tmp}/{name}.{os.getpid()}-{self._rand}-{self._counter}.tmp"
+
+    def publish(self, path: str, data: bytes, *, replace: bool) -> None:
+        tmp = self._new_tmp_name(path)
+        fd = os.open(tmp, _CREATE_FLAGS, self.file_mode)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self._chmod:
+                    os.fchmod(fd, self.file_mode)
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                # close() can be where NFS reports ENOSPC/EDQUOT, so its error counts.
+                os.close(fd)
+            target = self._abs(path)
+            if replace:
+                os.rename(tmp, target)
+            else:
+                self._rename_noreplace(tmp, target)
+            if self.durable:
+                self._fsync_dir(target.rpartition("/")[0])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _rename_noreplace(self, src: str, dst: str) -> None:
+        if self._noreplace and _renameat2 is not None:
+            if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise OSError(err, os.strerror(err), dst)
+            # NFS, sshfs and older kernels lack the flag: fall back to link(2),
+            # which never replaces, and remember so we do not try again.
+            self._noreplace = False
+        try:
+            os.link(src, dst)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            # On NFS a retried LINK can report failure for a link that was made;
+            # the truth is whether dst is now the same file as src.
+            try:
+                if not os.path.samestat(os.stat(src), os.stat(dst)):
+                    raise
+            except FileNotFoundError:
+                raise exc from None
+        os.unlink(src)
+
+    @staticmethod
+    def _fsync_dir(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def append(self, path: str, data: bytes) -> None:
+        fd = os.open(self._abs(path), _APPEND_FLAGS, self.file_mode)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(self._abs(src), self._abs(dst))
+
+    def remove(self, path: str) -> None:
+        os.unlink(self._abs(path))
+
+    def remove_tree(self, path: str) -> None:
+        shutil.rmtree(self._abs(path), ignore_errors=True)
+
+    def mkdir(self, path: str) -> None:
+        target = self._abs(path)
+        try:
+            os.mkdir(target, self.dir_mode)
+        except FileExistsError:
+            return
+        except FileNotFoundError:
+            os.makedirs(target, self.dir_mode, exist_ok=True)
+        if self._chmod:
+            os.chmod(target, self.dir_mode)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(self._abs(path))
+
+    def stat(self, path: str) -> FileInfo:
+        st = os.lstat(self._abs(path))
+        return FileInfo(
+            size=st.st_size,
+            mtime=st.st_mtime,
+            ctime=st.st_ctime,
+            is_file=stat_mod.S_ISREG(st.st_mode),
+            is_dir=stat_mod.S_ISDIR(st.st_mode),
+        )
+
+    def exists(self, path: str) -> bool:
+        try:
+            os.lstat(self._abs(path))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def touch(self, path: str) -> None:
+        os.utime(self._abs(path))

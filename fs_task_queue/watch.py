@@ -1,0 +1,140 @@
+"""Cheap waiting for changes in queue directories.
+
+On Linux a :class:`DirWatcher` sleeps on inotify, so a worker or a waiting client
+wakes within a millisecond of a change made on this host while making no
+filesystem operations at all. inotify cannot see changes made by other hosts on
+a network filesystem, so the watcher also wakes to poll: rarely on a local
+filesystem (a safety net), and on a backoff from ``min_interval`` to
+``max_interval`` on a network one. Without inotify it only polls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import struct
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from fs_task_queue.fsinfo import is_local_filesystem
+
+__all__ = ["DirWatcher"]
+
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+_IN_MASK = 0x00000004 | 0x00000080 | 0x00000100 | 0x00000200 | 0x00000040
+# IN_ATTRIB | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM
+_EVENT = struct.Struct("iIII")
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()
+
+
+class DirWatcher:
+    """Wait until something may have changed in a set of directories.
+
+    ``dirs`` are OS paths (or None where the storage is not mounted, e.g. SFTP,
+    which makes the watcher poll). Call :meth:`reset` after finding work so the
+    polling backoff starts short again. Use as a context manager or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        dirs: Iterable[str | None],
+        *,
+        min_interval: float = 0.05,
+        max_interval: float = 1.0,
+        local_safety_interval: float = 5.0,
+    ) -> None:
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self._interval = min_interval
+        self._fd = -1
+        paths = list(dirs)
+        real = [p for p in paths if p is not None]
+        self._all_local = bool(real) and len(real) == len(paths) and all(map(is_local_filesystem, real))
+        self._local_safety = local_safety_interval
+        if real and _libc is not None and os.environ.get("FSQ_NO_INOTIFY") != "1":
+            fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd >= 0:
+                ok = all(_libc.inotify_add_watch(fd, os.fsencode(p), _IN_MASK) >= 0 for p in real)
+                if ok:
+                    self._fd = fd
+                else:  # e.g. too many watches: polling still works
+                    os.close(fd)
+
+    @property
+    def uses_inotify(self) -> bool:
+        """Whether waits wake on change notifications rather than only on a timer."""
+        return self._fd >= 0
+
+    def reset(self) -> None:
+        """Make the next poll short again (call after finding something)."""
+        self._interval = self.min_interval
+
+    def _next_poll(self) -> float:
+        if self._fd >= 0 and self._all_local:
+            return self._local_safety
+        interval = self._interval
+        self._interval = min(self._interval * 2, self.max_interval)
+        return interval
+
+    def wait(self, timeout: float | None = None) -> set[str] | None:
+        """Sleep until a change is noticed or it is time to poll.
+
+        Returns the names of the entries that changed (from notifications), or
+        None when it woke to poll: then anything may have changed.
+        """
+        delay = self._next_poll()
+        if timeout is not None:
+            delay = min(delay, max(timeout, 0.0))
+        if self._fd < 0:
+            time.sleep(delay)
+            return None
+        ready, _, _ = select.select([self._fd], [], [], delay)
+        if not ready:
+            return None
+        return self._drain()
+
+    def _drain(self) -> set[str]:
+        names: set[str] = set()
+        try:
+            while data := os.read(self._fd, 65536):
+                offset = 0
+                # struct inotify_event { int wd; uint32 mask, cookie, len; char name[len]; }
+                while offset + _EVENT.size <= len(data):
+                    _wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                    offset += _EVENT.size
+                    names.add(data[offset : offset + length].rstrip(b"\0").decode(errors="replace"))
+                    offset += length
+        except BlockingIOError:
+            pass
+        return names
+
+    def close(self) -> None:
+        """Release the inotify descriptor."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> DirWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
