@@ -160,7 +160,7 @@ def remote_error_class(base: type[BaseException] | None) -> type[RemoteError]:
     Falls back to plain RemoteError where the two cannot be combined (builtin
     layout conflicts, BaseException-only types).
     """
-    if base is None or not issubclass(base, Exception) or issubclass(base, FSQError):
+    if base is None or not issubclass(base, Exception) or issubclass(base, JobError):
         return RemoteError
     cls = _remote_classes.get(base)
     if cls is None:

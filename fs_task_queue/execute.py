@@ -18,15 +18,27 @@ from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
 from fs_task_queue.errors import CorruptFileError, PythonVersionMismatchError, SerializationError
+from fs_task_queue.faults import crash_point
 from fs_task_queue.runtime import TaskContext
-from fs_task_queue.serialize import TASK_MAGIC, dumps, loads, open_envelope, python_version
+from fs_task_queue.serialize import TASK_MAGIC, dumps, loads, open_envelope, python_version, seal
 from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
     from fs_task_queue.job import Job
     from fs_task_queue.queue import Queue
 
-__all__ = ["CallResult", "Task", "call_task", "commit", "quarantine", "read_task", "run_claimed"]
+__all__ = [
+    "CallResult",
+    "Task",
+    "attempt_record",
+    "call_task",
+    "commit",
+    "quarantine",
+    "read_task",
+    "release",
+    "requeue",
+    "run_claimed",
+]
 
 log = logging.getLogger("fs_task_queue.worker")
 _HOST = socket.gethostname()
@@ -69,6 +81,7 @@ def read_task(job: Job) -> Task:
             raise
         raise CorruptFileError(f"the task file of job {job.id} cannot be read as a file: {exc}") from None
     env = open_envelope(TASK_MAGIC, job.queue._key, job.id, data)
+    crash_point("after-read")
     return Task(job.id, job._name, env.header, env.payload)
 
 
@@ -95,7 +108,7 @@ def _pickled_exception(exc: BaseException) -> bytes:
 
 
 def failed(exc: BaseException, kind: str = "remote", skip_frames: int = 0) -> CallResult:
-    payload = _pickled_exception(exc) if kind == "remote" else b""
+    payload = _pickled_exception(exc)
     return CallResult(JobStatus.FAILED, payload, error_record(exc, kind, skip_frames))
 
 
@@ -148,14 +161,30 @@ def _call(task: Task, ctx: TaskContext) -> CallResult:
         return failed(exc, kind="serialization")
 
 
-def commit(job: Job, task_header: dict[str, Any] | None, result: CallResult, attempt: int = 1) -> bool:
+def attempt_record(task: Task, worker: str | None, result: CallResult | None, outcome: str) -> dict[str, Any]:
+    """One line of a job's attempt history."""
+    record: dict[str, Any] = {
+        "attempt": int(task.header.get("attempt", 1)),
+        "worker": worker,
+        "host": _HOST if result is not None else None,
+        "outcome": outcome,
+    }
+    if result is not None:
+        record["start"], record["end"] = result.started, result.ended
+        if result.error:
+            record["error"] = f"{result.error.get('type')}: {result.error.get('message')}"
+    return record
+
+
+def commit(job: Job, task: Task | None, result: CallResult, *, worker: str | None = None) -> bool:
     """Publish the outcome of a claimed job and release the claim; False if it already had one.
 
     The result file is published without replacing: if a canceler or another
     worker (this one was presumed dead) committed first, this outcome is dropped.
+    A failed job's task file is kept in ``failed/`` so it can be requeued.
     """
     queue = job.queue
-    header = task_header or {}
+    header = task.header if task is not None else {}
     record: dict[str, Any] = {
         "status": result.status.value,
         "id": job.id,
@@ -163,25 +192,63 @@ def commit(job: Job, task_header: dict[str, Any] | None, result: CallResult, att
         "enq": header.get("at"),
         "start": result.started,
         "end": result.ended,
-        "worker": job._claimed_by,
+        "worker": worker or job._claimed_by,
         "host": _HOST,
-        "attempt": attempt,
+        "attempt": int(header.get("attempt", 1)),
         **result.extra,
     }
+    history = header.get("hist")
+    if history:
+        record["hist"] = history
     meta = (header.get("opt") or {}).get("metadata")
     if meta:
         record["meta"] = meta
     if result.error is not None:
         record["error"] = result.error
     data = _outcome_bytes(queue, job.id, record, result)
-    committed = True
+    crash_point("before-commit")
     try:
         queue.storage.publish(layout.result_path(job.id), data, replace=False)
     except FileExistsError:
-        committed = False
         log.info("job %s already has an outcome (canceled or run elsewhere); dropping this one", job.id)
+        release(job)
+        return False
+    crash_point("after-commit")
+    if result.status is JobStatus.FAILED:
+        release(job, keep_as=layout.failed_task_path(job._name or job.id))
+    else:
+        release(job)
+    crash_point("after-release")
+    return True
+
+
+def requeue(job: Job, task: Task, updates: dict[str, Any] | None = None, delay: float = 0.0) -> None:
+    """Put a claimed task back in the queue (``updates`` go into its header, re-signed).
+
+    Without updates the claimed file is just renamed back: a task interrupted by
+    a worker shutdown loses nothing and is not counted as an attempt.
+    """
+    assert job._claimed_by is not None and job._name is not None
+    storage = job.queue.storage
+    claimed = layout.claimed_path(job._claimed_by, job._name)
+    if not updates and delay <= 0:
+        try:
+            storage.rename(claimed, layout.queued_path(job._name))
+        except FileNotFoundError:
+            log.warning("job %s was taken from this worker before it could be requeued", job.id)
+        return
+    header = {**task.header, **(updates or {})}
+    target = layout.queued_path(job._name)
+    if delay > 0:
+        header["nb"] = time.time() + delay
+        target = layout.delayed_path(job._name)
+        storage.mkdir(layout.DELAYED)
+    data = seal(TASK_MAGIC, job.queue._key, job.id, header, task.payload)
+    try:
+        storage.publish(target, data, replace=False)
+    except FileExistsError:
+        pass  # already back in the queue (a racing recoverer): one copy is enough
     release(job)
-    return committed
 
 
 def _outcome_bytes(queue: Queue, job_id: str, record: dict[str, Any], result: CallResult) -> bytes:
@@ -190,11 +257,18 @@ def _outcome_bytes(queue: Queue, job_id: str, record: dict[str, Any], result: Ca
     return Outcome.seal(queue, job_id, record, result.payload)
 
 
-def release(job: Job) -> None:
-    """Remove the claimed task file of ``job`` (it may be gone if recovery moved it)."""
+def release(job: Job, keep_as: str | None = None) -> None:
+    """Remove the claimed task file of ``job`` (or move it to ``keep_as``).
+
+    It may be gone already if this worker was presumed dead and recovery moved it.
+    """
     assert job._claimed_by is not None and job._name is not None
+    claimed = layout.claimed_path(job._claimed_by, job._name)
     try:
-        job.queue.storage.remove(layout.claimed_path(job._claimed_by, job._name))
+        if keep_as is None:
+            job.queue.storage.remove(claimed)
+        else:
+            job.queue.storage.rename(claimed, keep_as)
     except FileNotFoundError:
         log.warning("job %s was taken from this worker (presumed dead?) before it finished", job.id)
 
@@ -228,4 +302,4 @@ def run_claimed(job: Job) -> None:
         quarantine(job, exc)
         return
     result = call_task(task, TaskContext(job.queue, job.id, name=job._name))
-    commit(job, task.header, result)
+    commit(job, task, result)

@@ -153,8 +153,9 @@ class Job:
         self._resolve()
         if self._name is None:  # resolved by finding the outcome
             return self._outcome.status  # type: ignore[union-attr]
-        if self.queue.storage.exists(layout.queued_path(self._name)):
-            return JobStatus.QUEUED
+        storage = self.queue.storage
+        if storage.exists(layout.queued_path(self._name)) or storage.exists(layout.delayed_path(self._name)):
+            return JobStatus.QUEUED  # delayed: waiting to be retried
         # Not queued: claimed, or finished since the first look (claim, run and
         # commit only move forward), so look at the outcome once more.
         outcome = self._load_outcome()
@@ -315,6 +316,7 @@ class Job:
                 attempt=h.get("attempt"),
                 metadata=h.get("meta") or {},
                 error=f"{err.get('type', '')}: {err.get('message', '')}" if err else None,
+                history=tuple(h.get("hist") or ()),
             )
         task = self._read_task_header() or {}
         worker = started = None
@@ -334,7 +336,9 @@ class Job:
             enqueued_at=task.get("at"),
             started_at=started,
             worker=worker,
+            attempt=task.get("attempt", 1) if task else None,
             metadata=opts.get("metadata") or {},
+            history=tuple(task.get("hist") or ()),
         )
 
     @property

@@ -7,6 +7,12 @@ local directory and a remote one. See ``docs/protocol.md`` for what each holds.
 from __future__ import annotations
 
 __all__ = [
+    "ALIVE_FILE",
+    "DELAYED",
+    "FAILED_TASKS",
+    "alive_path",
+    "delayed_path",
+    "failed_task_path",
     "CLAIMED",
     "FORMAT_FILE",
     "JOBS",
@@ -35,7 +41,10 @@ JOBS = "jobs"
 WORKERS = "workers"
 TMP = "tmp"
 QUARANTINE = "quarantine"
-SUBDIRS = (QUEUED, CLAIMED, RESULTS, JOBS, WORKERS, TMP, QUARANTINE)
+DELAYED = "delayed"
+FAILED_TASKS = "failed"
+ALIVE_FILE = ".alive"
+SUBDIRS = (QUEUED, DELAYED, CLAIMED, RESULTS, FAILED_TASKS, JOBS, WORKERS, TMP, QUARANTINE)
 
 
 def queued_path(name: str) -> str:
@@ -44,6 +53,18 @@ def queued_path(name: str) -> str:
 
 def claimed_dir(worker_id: str) -> str:
     return f"{CLAIMED}/{worker_id}"
+
+
+def delayed_path(name: str) -> str:
+    return f"{DELAYED}/{name}"
+
+
+def failed_task_path(name: str) -> str:
+    return f"{FAILED_TASKS}/{name}"
+
+
+def alive_path(worker_id: str) -> str:
+    return f"{CLAIMED}/{worker_id}/{ALIVE_FILE}"
 
 
 def claimed_path(worker_id: str, name: str) -> str:

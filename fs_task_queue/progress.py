@@ -40,6 +40,8 @@ class JobInfo:
     attempt: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: Earlier attempts (retries, lost workers): dicts with attempt, worker, host, outcome, times.
+    history: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

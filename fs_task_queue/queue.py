@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 from fs_task_queue import layout
 from fs_task_queue._version import __version__
 from fs_task_queue.errors import CorruptFileError, QueueError
+from fs_task_queue.faults import crash_point
 from fs_task_queue.ids import is_generated_id, job_id_of, new_order_key, task_name, validate_job_id
 from fs_task_queue.job import Job, Outcome
+from fs_task_queue.liveness import AliveLock
 from fs_task_queue.progress import WorkerInfo
-from fs_task_queue.serialize import TASK_MAGIC, dumps, dumps_call, python_version, seal
+from fs_task_queue.serialize import TASK_MAGIC, dumps, dumps_call, open_envelope, python_version, seal
 from fs_task_queue.status import JobStatus
 from fs_task_queue.storage import Storage
 from fs_task_queue.storage.local import LocalStorage
@@ -436,7 +438,71 @@ class Claimer:
         self.worker_id = worker_id
         self._batch: deque[str] = deque()
         self._listed_at = 0.0
-        self._has_dir = False
+        self._lock: AliveLock | None = None
+        self._delayed_due: float | None = 0.0
+        self._delayed_checked = 0.0
+        #: How many delayed retries the last :meth:`promote_delayed` moved to ``queued/``.
+        self.promoted = 0
+
+    def register(self) -> None:
+        """Create this claimer's folder and take its liveness lock (done by the first claim too)."""
+        if self._lock is not None:
+            return
+        storage = self.queue.storage
+        storage.mkdir(layout.claimed_dir(self.worker_id))
+        # Held for the claimer's lifetime; the kernel drops it the instant this
+        # process dies, which is how recoverers on this host know it is gone.
+        self._lock = AliveLock(storage, self.worker_id)
+        self._lock.acquire()
+
+    def close(self) -> None:
+        """Put unfinished claims back in the queue and drop the liveness lock."""
+        if self._lock is None:
+            return
+        storage = self.queue.storage
+        for name in self.queue._list_tasks(layout.claimed_dir(self.worker_id)):
+            try:
+                storage.rename(layout.claimed_path(self.worker_id, name), layout.queued_path(name))
+            except FileNotFoundError:
+                pass
+        self._lock.release(remove=True)
+        self._lock = None
+        try:
+            storage.remove_tree(layout.claimed_dir(self.worker_id))
+        except OSError:
+            pass
+
+    def promote_delayed(self, force: bool = False) -> float | None:
+        """Move due retries from ``delayed/`` to ``queued/``; return the next due time.
+
+        Checked at most once a second unless ``force``; cheap when ``delayed/`` is empty.
+        """
+        now = time.time()
+        if not force and now - self._delayed_checked < 1.0 and (self._delayed_due is None or self._delayed_due > now):
+            return self._delayed_due
+        self._delayed_checked = now
+        self.promoted = 0
+        storage = self.queue.storage
+        next_due: float | None = None
+        for name in self.queue._list_tasks(layout.DELAYED):
+            try:
+                data = storage.read(layout.delayed_path(name))
+                due = float(open_envelope(TASK_MAGIC, self.queue._key, job_id_of(name), data).header.get("nb", 0))
+            except FileNotFoundError:
+                continue
+            except (OSError, CorruptFileError, ValueError):
+                due = 0.0  # let the claim path quarantine it
+            if due <= now:
+                try:
+                    storage.rename(layout.delayed_path(name), layout.queued_path(name))
+                    self._batch.clear()  # an old name: list again so it goes first
+                    self.promoted += 1
+                except FileNotFoundError:
+                    pass
+            elif next_due is None or due < next_due:
+                next_due = due
+        self._delayed_due = next_due
+        return next_due
 
     def refresh(self) -> None:
         """Forget the batch so the next claim lists ``queued/`` again."""
@@ -445,9 +511,8 @@ class Claimer:
     def claim(self) -> Job | None:
         """Claim the oldest available task, or return None if there is none."""
         storage = self.queue.storage
-        if not self._has_dir:
-            storage.mkdir(layout.claimed_dir(self.worker_id))
-            self._has_dir = True
+        if self._lock is None:
+            self.register()
         batch = self._batch
         fresh = False
         while True:
@@ -468,6 +533,7 @@ class Claimer:
                 storage.rename(layout.queued_path(name), claimed)
             except FileNotFoundError:
                 continue  # another worker won this one
+            crash_point("after-claim")
             job_id = job_id_of(name)
             if storage.exists(layout.result_path(job_id)):
                 # Canceled while queued, or a replayed/duplicate file of a job

@@ -1,0 +1,104 @@
+"""Is a worker alive? Exact answers where the kernel can give them.
+
+Every claimer holds an exclusive flock on ``claimed/<worker-id>/.alive`` for
+its lifetime (through :mod:`filelock`). The kernel releases it the instant the
+process dies, so an observer on the *same host and mount* learns of a death at
+once by trying the lock. flock does not exclude across hosts (NFS client
+caches, two sshfs mounts), so there the observer judges the worker's heartbeat
+file by whether it changes, timed on the observer's own monotonic clock.
+
+A worker's identity for this purpose is (host name, boot id, device of the
+queue root); ``FSQ_HOST_ID`` overrides the host name, e.g. for containers that
+share a hostname, or tests that simulate two hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import filelock
+
+from fs_task_queue import layout
+from fs_task_queue.storage import Storage
+
+__all__ = ["AliveLock", "HostIdentity", "probe_alive_lock"]
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """Where a process runs, as far as liveness probes care."""
+
+    host: str
+    boot: str
+    dev: int | None
+
+    @classmethod
+    def here(cls, storage: Storage) -> HostIdentity:
+        root = storage.local_path("")
+        dev = None
+        if root is not None:
+            try:
+                dev = os.stat(root).st_dev
+            except OSError:
+                dev = None
+        return cls(os.environ.get("FSQ_HOST_ID") or socket.gethostname(), _boot_id(), dev)
+
+    def as_record(self) -> dict[str, Any]:
+        return {"host": self.host, "boot": self.boot, "dev": self.dev}
+
+
+def _lock(path: str) -> filelock.UnixFileLock:
+    # No soft-lock fallback: a lock file that outlives its holder would make a
+    # dead worker look alive forever.
+    return filelock.UnixFileLock(path, fallback_to_soft=False, preserve_lock_file=True, thread_local=False)
+
+
+class AliveLock:
+    """The liveness lock a claimer holds on ``claimed/<worker-id>/.alive``."""
+
+    def __init__(self, storage: Storage, worker_id: str) -> None:
+        self.path = storage.local_path(layout.alive_path(worker_id))
+        self._lock = _lock(self.path) if self.path is not None else None
+
+    def acquire(self) -> None:
+        if self._lock is not None:
+            self._lock.acquire(timeout=10)
+
+    def release(self, remove: bool = False) -> None:
+        if self._lock is not None:
+            self._lock.release(force=True)
+            if remove and self.path is not None:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+
+
+def probe_alive_lock(storage: Storage, worker_id: str) -> bool | None:
+    """True if the worker holds its lock, False if nobody does, None if there is no lock file.
+
+    Only meaningful for a worker on this host and mount.
+    """
+    path = storage.local_path(layout.alive_path(worker_id))
+    if path is None or not os.path.exists(path):
+        return None
+    lock = _lock(path)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    except OSError:
+        return None
+    lock.release(force=True)
+    return False

@@ -1,0 +1,175 @@
+"""Recovering tasks held by workers that died, without any daemon.
+
+Any worker (periodically) and ``fs-task-queue recover`` run a
+:class:`Recoverer`. For each other worker with a ``claimed/<id>/`` folder it
+asks whether that worker is alive:
+
+* same host and boot, same mount: try its flock (exact, instant);
+* same host name, other boot id: the host rebooted, so it is dead;
+* otherwise: its heartbeat file must change within ``dead_after`` seconds,
+  timed on this process's monotonic clock (never by comparing remote mtimes
+  with the local wall clock, which caches and clock skew make unreliable).
+  One-shot callers may instead judge the heartbeat's age by the wall clock.
+
+A dead worker's tasks are first moved into the recoverer's own claimed folder
+(one atomic rename: of two racing recoverers exactly one gets each task), then
+re-queued with their lost-worker count raised, or failed with WorkerLostError
+once that count reaches ``max_lost``, so a task that kills its worker every
+time cannot loop forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from fs_task_queue import layout
+from fs_task_queue.errors import CorruptFileError, WorkerLostError
+from fs_task_queue.execute import attempt_record, commit, failed, quarantine, read_task, release, requeue
+from fs_task_queue.ids import job_id_of
+from fs_task_queue.job import Job
+from fs_task_queue.liveness import HostIdentity, probe_alive_lock
+
+if TYPE_CHECKING:
+    from fs_task_queue.queue import Queue
+
+__all__ = ["DEFAULT_DEAD_AFTER", "DEFAULT_MAX_LOST", "Recoverer"]
+
+log = logging.getLogger("fs_task_queue.recovery")
+
+#: Seconds without a heartbeat change before a worker on another host is presumed
+#: dead: above the 30 s touch interval + ~20-60 s of NFS/sshfs attribute caching +
+#: clock skew.
+DEFAULT_DEAD_AFTER = 120.0
+#: Lost-worker attempts after which a task is failed instead of re-queued.
+DEFAULT_MAX_LOST = 3
+
+
+class Recoverer:
+    """Finds dead workers and re-queues (or fails) their tasks.
+
+    ``worker_id`` is the recoverer's own claimer identity (it must hold a
+    registered claimed folder). ``wall_clock=True`` judges remote heartbeats by
+    their age instead of watching them change (for one-shot use).
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        worker_id: str,
+        *,
+        dead_after: float = DEFAULT_DEAD_AFTER,
+        max_lost: int = DEFAULT_MAX_LOST,
+        wall_clock: bool = False,
+    ) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self.dead_after = dead_after
+        self.max_lost = max_lost
+        self.wall_clock = wall_clock
+        self.here = HostIdentity.here(queue.storage)
+        self._seen: dict[str, tuple[Any, float]] = {}
+
+    def _record(self, worker_id: str) -> tuple[dict[str, Any] | None, float | None]:
+        storage = self.queue.storage
+        try:
+            mtime = storage.stat(layout.worker_path(worker_id)).mtime
+            record = json.loads(storage.read(layout.worker_path(worker_id)))
+            return (record if isinstance(record, dict) else None), mtime
+        except (OSError, ValueError):
+            return None, None
+
+    def verdict(self, worker_id: str) -> str:
+        """ "alive", "dead" or "unsure" (still watching its heartbeat)."""
+        record, mtime = self._record(worker_id)
+        if record is not None and record.get("host") == self.here.host:
+            if record.get("boot") and self.here.boot and record["boot"] != self.here.boot:
+                return "dead"  # that host rebooted since: all its processes are gone
+            if record.get("dev") == self.here.dev:
+                held = probe_alive_lock(self.queue.storage, worker_id)
+                if held is not None:
+                    return "alive" if held else "dead"
+        elif record is None:
+            # No heartbeat file: a worker that unregistered (nothing to do), one
+            # told to stop (still finishing its task) or one whose file is lost.
+            # On this mount its lock still tells the truth.
+            held = probe_alive_lock(self.queue.storage, worker_id)
+            if held is False:
+                return "dead"
+        if self.wall_clock:
+            return "dead" if mtime is None or time.time() - mtime > self.dead_after else "alive"
+        now = time.monotonic()
+        previous = self._seen.get(worker_id)
+        if previous is None or previous[0] != mtime:
+            self._seen[worker_id] = (mtime, now)
+            return "alive" if previous is not None else "unsure"
+        return "dead" if now - previous[1] > self.dead_after else "unsure"
+
+    def run_once(self) -> list[str]:
+        """Check every other worker once; return the ids of the jobs recovered."""
+        recovered: list[str] = []
+        for worker_id in self.queue._list(layout.CLAIMED):
+            if worker_id == self.worker_id or worker_id.startswith("."):
+                continue
+            if self.verdict(worker_id) != "dead":
+                continue
+            record, _ = self._record(worker_id)
+            host = (record or {}).get("host")
+            log.warning("worker %s (host %s) is dead; recovering its tasks", worker_id, host)
+            for name in self.queue._list_tasks(layout.claimed_dir(worker_id)):
+                job_id = self._recover_task(worker_id, host, name)
+                if job_id is not None:
+                    recovered.append(job_id)
+            self._forget(worker_id)
+        return recovered
+
+    def _recover_task(self, dead: str, host: str | None, name: str) -> str | None:
+        storage = self.queue.storage
+        try:
+            storage.rename(layout.claimed_path(dead, name), layout.claimed_path(self.worker_id, name))
+        except FileNotFoundError:
+            return None  # another recoverer took it
+        job = Job(self.queue, job_id_of(name), name=name, claimed_by=self.worker_id)
+        if storage.exists(layout.result_path(job.id)):
+            release(job)  # it committed just before dying
+            return None
+        try:
+            task = read_task(job)
+        except FileNotFoundError:
+            return None
+        except CorruptFileError as exc:
+            quarantine(job, exc)
+            return job.id
+        lost = int(task.header.get("lost", 0)) + 1
+        history = [*task.header.get("hist", []), {**attempt_record(task, dead, None, "worker lost"), "host": host}]
+        if lost >= self.max_lost:
+            error = WorkerLostError(
+                f"job {job.id} was running on workers that died {lost} times (last: {dead} on {host});"
+                " it was failed so it cannot loop forever: find out what kills the worker (memory,"
+                " walltime, a crash in native code), then requeue it",
+                job.id,
+            )
+            result = failed(error, kind="lost")
+            result.started = result.ended = time.time()
+            task.header.update(lost=lost, hist=history)
+            commit(job, task, result, worker=dead)
+            log.error("job %s failed: worker lost %d times", job.id, lost)
+        else:
+            attempt = int(task.header.get("attempt", 1)) + 1
+            requeue(job, task, {"lost": lost, "attempt": attempt, "hist": history})
+            log.warning("job %s re-queued (worker %s lost, attempt %d next)", job.id, dead, attempt)
+        return job.id
+
+    def _forget(self, worker_id: str) -> None:
+        storage = self.queue.storage
+        self._seen.pop(worker_id, None)
+        if self.queue._list_tasks(layout.claimed_dir(worker_id)):
+            return  # a task arrived meanwhile (it was alive after all?): leave it be
+        for path in (layout.worker_path(worker_id), layout.alive_path(worker_id)):
+            try:
+                storage.remove(path)
+            except FileNotFoundError:
+                pass
+        storage.remove_tree(layout.claimed_dir(worker_id))
