@@ -33,6 +33,30 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _size(text: str) -> int:
+    """Parse 512M, 4G, 1000000 into bytes."""
+    value = text.strip().upper().removesuffix("B")
+    unit = value[-1] if value and value[-1] in _UNITS else ""
+    try:
+        return int(float(value[: len(value) - len(unit)]) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use a number with K, M, G or T, e.g. 4G") from None
+
+
+def _age(text: str) -> float:
+    """Parse 90s, 30m, 12h, 7d, 2w (or plain seconds) into seconds."""
+    value = text.strip().lower()
+    unit = value[-1] if value and value[-1] in _SECONDS else "s"
+    try:
+        return float(value.rstrip("smhdw") or "x") * _SECONDS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid age {text!r}: use a number with s, m, h, d or w, e.g. 7d") from None
+
+
 def _add_worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", required=True, help="queue directory (created if missing)")
     parser.add_argument("--name", help="worker id (default: <host>-<pid>-<random>)")
@@ -50,6 +74,33 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-poll-interval", type=float, default=1.0, metavar="SECONDS",
         help="longest polling delay when idle (default: 1.0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--isolation", choices=["process", "none"], default="process",
+        help="run each task in a reusable child process (default) or in the worker itself",
+    )  # fmt: skip
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="default per-task timeout (default: none)")
+    parser.add_argument(
+        "--grace", type=float, default=30.0, metavar="SECONDS",
+        help="after SIGTERM/SIGINT/SIGUSR1, how long the running task may go on before it is killed"
+        " and put back in the queue; a second signal ends it at once (default: 30)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-tasks-per-child", type=int, metavar="N", help="start a fresh child process every N tasks"
+    )
+    parser.add_argument("--memory-limit", type=_size, metavar="SIZE", help="cap a task's memory, e.g. 4G (RLIMIT_AS)")
+    parser.add_argument(
+        "--dead-after", type=float, default=120.0, metavar="SECONDS",
+        help="a worker on another host whose heartbeat does not change for this long is presumed dead"
+        " and its tasks re-queued (default: 120; keep it above heartbeat interval + cache + clock skew)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-lost", type=int, default=3, metavar="N",
+        help="fail a task instead of re-queueing it once N workers died running it (default: 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--recover-interval", type=float, default=15.0, metavar="SECONDS",
+        help="how often to look for dead workers (default: 15)",
     )  # fmt: skip
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: INFO)"
@@ -71,15 +122,26 @@ def _run_worker(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         poll_interval=args.poll_interval,
         max_poll_interval=args.max_poll_interval,
+        isolation=args.isolation,
+        timeout=args.timeout,
+        grace=args.grace,
+        max_tasks_per_child=args.max_tasks_per_child,
+        memory_limit=args.memory_limit,
+        dead_after=args.dead_after,
+        max_lost=args.max_lost,
+        recover_interval=args.recover_interval,
     )
     worker.run()
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from fs_task_queue.fsinfo import guarantee
+
     queue = Queue(args.path, create=False)
     stats = queue.stats()
     print(f"queue {queue.path}")
+    print(f"guarantee: {guarantee(queue.path)}")
     print("  " + "  ".join(f"{s.value}: {stats[s.value]}" for s in JobStatus))
     workers = queue.workers()
     print(f"workers: {len(workers)}")
@@ -142,6 +204,72 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recover(args: argparse.Namespace) -> int:
+    from fs_task_queue.queue import Claimer, default_worker_id
+    from fs_task_queue.recovery import Recoverer
+
+    queue = Queue(args.path, create=False)
+    claimer = Claimer(queue, "recover-" + default_worker_id())
+    claimer.register()
+    try:
+        # One look, so remote heartbeats are judged by their age on this clock.
+        recovered = Recoverer(
+            queue, claimer.worker_id, dead_after=args.dead_after, max_lost=args.max_lost, wall_clock=True
+        ).run_once()
+    finally:
+        claimer.close()
+    print(f"recovered {len(recovered)} job(s) from dead workers" + (": " + " ".join(recovered) if recovered else ""))
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from fs_task_queue.maintenance import purge
+
+    queue = Queue(args.path, create=False)
+    statuses = {JobStatus(s) for s in args.status} if args.status else None
+    purged = purge(queue, args.older_than, statuses)
+    print(f"purged {len(purged)} job(s)")
+    return 0
+
+
+def _cmd_requeue(args: argparse.Namespace) -> int:
+    from fs_task_queue.maintenance import requeue_failed
+
+    if not args.all and not args.job_ids:
+        print("fs-task-queue: error: name failed job ids to requeue, or pass --all", file=sys.stderr)
+        return 2
+    queue = Queue(args.path, create=False)
+    done = requeue_failed(queue, None if args.all else args.job_ids)
+    print(f"requeued {len(done)} job(s)" + (": " + " ".join(done) if done else ""))
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    queue = Queue(args.path, create=False)
+    for job_id in args.job_ids:
+        job = queue.job(job_id)
+        print(f"{job_id}: {'canceled' if job.cancel() else 'already ' + job.get_status().value}")
+    return 0
+
+
+def _cmd_stop_worker(args: argparse.Namespace) -> int:
+    from fs_task_queue.maintenance import stop_worker
+
+    queue = Queue(args.path, create=False)
+    for worker_id in args.worker_ids:
+        stop_worker(queue, worker_id)
+        print(f"{worker_id}: heartbeat file deleted; it stops after its current task")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from fs_task_queue.maintenance import sweep_tmp
+
+    removed = sweep_tmp(Queue(args.path, create=False), args.older_than)
+    print(f"removed {removed} stale temporary file(s)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fs_task_queue.demo import run_demo
 
@@ -183,6 +311,54 @@ def _parser() -> argparse.ArgumentParser:
         " workers/<id>). The running task always finishes first."))  # fmt: skip
     _add_worker_args(p)
     p.set_defaults(func=_run_worker)
+
+    p = sub.add_parser("recover", help="re-queue tasks of dead workers now", description=(
+        "Look once for workers that died holding tasks and re-queue those tasks (or fail them after"
+        " --max-lost deaths). Same-host workers are checked exactly through their lock; workers on"
+        " other hosts count as dead when their heartbeat is older than --dead-after. Running"
+        " workers do this by themselves every --recover-interval seconds."))  # fmt: skip
+    p.add_argument("path", help="queue directory")
+    p.add_argument(
+        "--dead-after", type=_age, default=120.0, metavar="AGE", help="heartbeat age that means dead (default: 120s)"
+    )
+    p.add_argument("--max-lost", type=int, default=3, metavar="N", help="deaths before a task is failed (default: 3)")
+    p.set_defaults(func=_cmd_recover)
+
+    p = sub.add_parser("purge", help="delete old finished/failed/canceled jobs", description=(
+        "Delete the results, logs and kept task files of done jobs older than --older-than."))  # fmt: skip
+    p.add_argument("path", help="queue directory")
+    p.add_argument("--older-than", type=_age, required=True, metavar="AGE", help="e.g. 7d, 12h, 30m")
+    p.add_argument(
+        "--status", action="append", choices=["finished", "failed", "canceled"], help="only these (repeatable)"
+    )
+    p.set_defaults(func=_cmd_purge)
+
+    p = sub.add_parser("requeue", help="run failed jobs again", description=(
+        "Put failed jobs back in the queue with fresh attempt counts (their history is kept)."))  # fmt: skip
+    p.add_argument("path", help="queue directory")
+    p.add_argument("job_ids", nargs="*", metavar="JOB", help="failed job ids")
+    p.add_argument("--all", action="store_true", help="requeue every failed job")
+    p.set_defaults(func=_cmd_requeue)
+
+    p = sub.add_parser("cancel", help="cancel jobs", description=(
+        "Cancel queued or running jobs: a queued job never starts; a running one is killed within"
+        " about a second by its worker."))  # fmt: skip
+    p.add_argument("path", help="queue directory")
+    p.add_argument("job_ids", nargs="+", metavar="JOB", help="job ids")
+    p.set_defaults(func=_cmd_cancel)
+
+    p = sub.add_parser("stop-worker", help="stop workers after their current task", description=(
+        "Delete the heartbeat file workers/<id>; the worker finishes its current task and exits."))  # fmt: skip
+    p.add_argument("path", help="queue directory")
+    p.add_argument("worker_ids", nargs="+", metavar="WORKER", help="worker ids (see 'fs-task-queue info')")
+    p.set_defaults(func=_cmd_stop_worker)
+
+    p = sub.add_parser("sweep", help="delete temporary files left by killed writers", description=(
+        "Delete files in tmp/ older than --older-than: partial submissions of clients killed"
+        " mid-write. They were never visible as tasks. Workers also do this every 10 minutes."))  # fmt: skip
+    p.add_argument("path", help="queue directory")
+    p.add_argument("--older-than", type=_age, default=3600.0, metavar="AGE", help="(default: 1h)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("demo", help="run a small end-to-end demo", description=(
         "Create a temporary queue, start real worker processes, submit tasks (a lambda, a"

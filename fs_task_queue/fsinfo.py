@@ -50,3 +50,29 @@ def filesystem_type(path: str | os.PathLike[str]) -> str:
 def is_local_filesystem(path: str | os.PathLike[str]) -> bool:
     """True when every process that can change ``path`` runs on this host."""
     return filesystem_type(path) in LOCAL_TYPES
+
+
+_NETWORK_PREFIXES = ("nfs", "lustre", "gpfs", "fuse.sshfs", "cifs", "smb", "beegfs", "ceph", "fuse.")
+
+
+def guarantee(path: str | os.PathLike[str]) -> str:
+    """A sentence saying which execution guarantee a queue at ``path`` gets, and why."""
+    fs = filesystem_type(path)
+    if fs in LOCAL_TYPES:
+        return (
+            f"{fs} (local): exactly once. Claims are atomic renames and outcomes are published"
+            " without replacing; a worker that dies is detected at once through its flock and"
+            " its task runs again elsewhere (so a killed task runs at least once)."
+        )
+    if fs.startswith(_NETWORK_PREFIXES):
+        return (
+            f"{fs} (shared): exactly once while workers live. Claims are atomic renames on the"
+            " server and outcomes are published without replacing, so no task runs twice and no"
+            " job gets two results; flock is not trusted across hosts, so a dead worker on another"
+            " host is detected when its heartbeat stops changing for --dead-after seconds and its"
+            " task runs again (at least once)."
+        )
+    return (
+        f"{fs}: at least once. This filesystem type is not known to give atomic rename; tasks"
+        " are never lost but may run twice."
+    )
