@@ -14,7 +14,7 @@ import re
 import threading
 import time
 
-__all__ = ["is_generated_id", "job_id_of", "new_order_key", "task_name", "validate_job_id"]
+__all__ = ["is_generated_id", "is_task_name", "job_id_of", "new_order_key", "task_name", "validate_job_id"]
 
 _ORDER_RE = re.compile(r"^\d{8}-\d{6}-\d{6}-[0-9a-f]{6}$")
 _CUSTOM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
@@ -53,6 +53,14 @@ def validate_job_id(job_id: str) -> str:
 def task_name(order: str, job_id: str) -> str:
     """The file name of a task in ``queued/``."""
     return order if order == job_id else f"{order}.{job_id}"
+
+
+def is_task_name(name: str) -> bool:
+    """True when ``name`` has the shape of a task file name (anything else is foreign)."""
+    order, dot, custom = name.partition(".")
+    if not _ORDER_RE.match(order):
+        return False
+    return not dot or _CUSTOM_RE.match(custom) is not None
 
 
 def job_id_of(name: str) -> str:

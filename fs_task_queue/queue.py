@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import socket
 import time
@@ -29,7 +30,7 @@ from fs_task_queue import layout
 from fs_task_queue._version import __version__
 from fs_task_queue.errors import CorruptFileError, QueueError
 from fs_task_queue.faults import crash_point
-from fs_task_queue.ids import is_generated_id, job_id_of, new_order_key, task_name, validate_job_id
+from fs_task_queue.ids import is_generated_id, is_task_name, job_id_of, new_order_key, task_name, validate_job_id
 from fs_task_queue.job import Job, Outcome
 from fs_task_queue.liveness import AliveLock
 from fs_task_queue.progress import WorkerInfo
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from fs_task_queue.executor import QueueExecutor
 
 __all__ = ["FORMAT_VERSION", "Queue"]
+
+log = logging.getLogger("fs_task_queue.worker")
 
 FORMAT_VERSION = 1
 _FORMAT_NAME = "fs-task-queue"
@@ -88,7 +91,18 @@ class Queue:
         self.path = storage.location
         self._host = socket.gethostname()
         self._format = self._open(create, shared)
-        self._key = self.storage.read(layout.KEY_FILE)
+        try:
+            self._key = self.storage.read(layout.KEY_FILE)
+        except PermissionError:
+            raise QueueError(
+                f"cannot read the signing key of the queue at {self.path}: it belongs to another user."
+                " Ask its owner to share it (Queue(path, shared=True) and a common group) or use your own queue"
+            ) from None
+        except FileNotFoundError:
+            raise QueueError(
+                f"the queue at {self.path} has no signing key file ({layout.KEY_FILE}); it is damaged:"
+                " create a new queue"
+            ) from None
         self._pyver = python_version()
         self._claimer: Claimer | None = None
         self._status_cache: dict[str, JobStatus] = {}
@@ -526,8 +540,11 @@ class Claimer:
                 if not batch:
                     return None
             name = batch.popleft()
-            if name.startswith(".") or name.endswith(".tmp"):
+            if name.startswith("."):
                 continue  # NFS silly-rename files and the like are not tasks
+            if not is_task_name(name):
+                self._quarantine_foreign(name)
+                continue
             claimed = layout.claimed_path(self.worker_id, name)
             try:
                 storage.rename(layout.queued_path(name), claimed)
@@ -541,6 +558,15 @@ class Claimer:
                 _remove_quietly(storage, claimed)
                 continue
             return Job(self.queue, job_id, name=name, claimed_by=self.worker_id)
+
+    def _quarantine_foreign(self, name: str) -> None:
+        # A name no client would write: move it aside (never read it) so it
+        # cannot stall the queue, and say so once.
+        try:
+            self.queue.storage.rename(layout.queued_path(name), f"{layout.QUARANTINE}/{name}")
+        except OSError:
+            return
+        log.warning("moved foreign file queued/%s to %s/ (not a task file name)", name, layout.QUARANTINE)
 
     def __iter__(self) -> Iterator[Job]:
         while (job := self.claim()) is not None:
