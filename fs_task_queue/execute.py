@@ -34,6 +34,7 @@ __all__ = [
     "call_task",
     "commit",
     "quarantine",
+    "read_claimed",
     "read_task",
     "release",
     "requeue",
@@ -291,15 +292,21 @@ def quarantine(job: Job, exc: Exception) -> None:
         job.queue.storage.publish(layout.result_path(job.id), data, replace=False)
 
 
-def run_claimed(job: Job) -> None:
-    """Run a claimed job in this process from start to commit."""
+def read_claimed(job: Job) -> Task | None:
+    """Read a claimed task; quarantine it if unreadable. None when there is nothing to run."""
     try:
-        task = read_task(job)
+        return read_task(job)
     except FileNotFoundError:
         log.warning("claimed task %s vanished before it could be read", job.id)
-        return
     except CorruptFileError as exc:
         quarantine(job, exc)
+    return None
+
+
+def run_claimed(job: Job) -> None:
+    """Run a claimed job in this process from start to commit."""
+    task = read_claimed(job)
+    if task is None:
         return
     result = call_task(task, TaskContext(job.queue, job.id, name=job._name))
     commit(job, task, result)

@@ -25,8 +25,7 @@ from typing import Any, Literal
 
 from fs_task_queue import layout
 from fs_task_queue._version import __version__
-from fs_task_queue.errors import CorruptFileError
-from fs_task_queue.execute import CallResult, attempt_record, commit, quarantine, read_task, release, requeue
+from fs_task_queue.execute import CallResult, Task, attempt_record, commit, read_claimed, release, requeue
 from fs_task_queue.isolation import Aborted, ChildRunner, InProcessRunner, Runner
 from fs_task_queue.job import Job
 from fs_task_queue.liveness import HostIdentity
@@ -185,13 +184,8 @@ class Worker:
         return None
 
     def _process(self, job: Job, runner: Runner) -> None:
-        try:
-            task = read_task(job)
-        except FileNotFoundError:
-            log.warning("claimed task %s vanished before it could be read", job.id)
-            return
-        except CorruptFileError as exc:
-            quarantine(job, exc)
+        task = read_claimed(job)
+        if task is None:
             return
         opts = task.options
         timeout = opts.get("timeout", self.timeout)
@@ -208,7 +202,7 @@ class Worker:
             return
         self._finish(job, task, result)
 
-    def _finish(self, job: Job, task: Any, result: CallResult) -> None:
+    def _finish(self, job: Job, task: Task, result: CallResult) -> None:
         attempt = int(task.header.get("attempt", 1))
         retries = int(task.options.get("retries", 0))
         kind = (result.error or {}).get("kind")
