@@ -193,7 +193,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
             print(f"result    {outcome.value()!r}"[:2000])
         else:
             tb = (outcome.header.get("error") or {}).get("traceback")
-            print(f"error     {type(error).__name__}: {getattr(error, 'message', error)}")
+            kind = getattr(error, "remote_type", None) or type(error).__name__
+            print(f"error     {kind}: {getattr(error, 'remote_message', None) or getattr(error, 'message', error)}")
             if tb:
                 print(tb.rstrip())
     for name, text in (("stdout", job.stdout), ("stderr", job.stderr)):
@@ -307,8 +308,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("worker", help="run a worker (same as fs-task-queue-worker)", description=(
-        "Claim and run tasks from the queue until stopped (Ctrl-C, SIGTERM, or deleting"
-        " workers/<id>). The running task always finishes first."))  # fmt: skip
+        "Claim and run tasks from the queue until stopped (Ctrl-C, SIGTERM, SIGUSR1, or"
+        " deleting workers/<id>). A running task gets --grace seconds to finish; after that (or"
+        " a second signal) it is killed and put back in the queue."))  # fmt: skip
     _add_worker_args(p)
     p.set_defaults(func=_run_worker)
 
@@ -348,7 +350,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_cancel)
 
     p = sub.add_parser("stop-worker", help="stop workers after their current task", description=(
-        "Delete the heartbeat file workers/<id>; the worker finishes its current task and exits."))  # fmt: skip
+        "Delete the heartbeat file workers/<id>; the worker stops claiming, lets its current task"
+        " finish (within its --grace) and exits."))  # fmt: skip
     p.add_argument("path", help="queue directory")
     p.add_argument("worker_ids", nargs="+", metavar="WORKER", help="worker ids (see 'fs-task-queue info')")
     p.set_defaults(func=_cmd_stop_worker)

@@ -108,8 +108,9 @@ class RemoteError(JobError):
     ``remote_type`` is the exception's qualified type name, ``remote_message`` its
     message and ``remote_traceback`` the full traceback text formatted on the worker.
     When the original exception object could be unpickled in the client it is
-    attached as ``__cause__``, so ``except ZeroDivisionError`` works through
-    :func:`raise_for`, which re-raises the original with this error chained.
+    attached as ``__cause__``, and the error raised is an instance of a subclass
+    of both RemoteError and the original type (see :func:`remote_error_class`),
+    so ``except ZeroDivisionError`` works.
     """
 
     def __init__(

@@ -91,7 +91,7 @@ def error_record(exc: BaseException, kind: str = "remote", skip_frames: int = 0)
     name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     tb = exc.__traceback__
     for _ in range(skip_frames):  # hide the worker's own frames from the user
-        if tb is not None and tb.tb_next is not None:
+        if tb is not None:
             tb = tb.tb_next
     text = "".join(traceback.format_exception(cls, exc, tb))
     return {"kind": kind, "type": name, "message": str(exc), "traceback": text}
@@ -244,12 +244,14 @@ def requeue(job: Job, task: Task, updates: dict[str, Any] | None = None, delay: 
         header["nb"] = time.time() + delay
         target = layout.delayed_path(job._name)
         storage.mkdir(layout.DELAYED)
-    data = seal(TASK_MAGIC, job.queue._key, job.id, header, task.payload)
+    # Rewrite the claimed file in place, then move it with one rename: the task
+    # exists as exactly one file at every instant, so a crash in between leaves
+    # it to recovery and never makes a second copy.
+    storage.publish(claimed, seal(TASK_MAGIC, job.queue._key, job.id, header, task.payload), replace=True)
     try:
-        storage.publish(target, data, replace=False)
-    except FileExistsError:
-        pass  # already back in the queue (a racing recoverer): one copy is enough
-    release(job)
+        storage.rename(claimed, target)
+    except FileNotFoundError:
+        log.warning("job %s was taken from this worker before it could be requeued", job.id)
 
 
 def _outcome_bytes(queue: Queue, job_id: str, record: dict[str, Any], result: CallResult) -> bytes:

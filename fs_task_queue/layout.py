@@ -11,6 +11,7 @@ __all__ = [
     "DELAYED",
     "FAILED_TASKS",
     "alive_path",
+    "identity_path",
     "delayed_path",
     "failed_task_path",
     "CLAIMED",
@@ -44,6 +45,7 @@ QUARANTINE = "quarantine"
 DELAYED = "delayed"
 FAILED_TASKS = "failed"
 ALIVE_FILE = ".alive"
+IDENTITY_FILE = ".identity"
 SUBDIRS = (QUEUED, DELAYED, CLAIMED, RESULTS, FAILED_TASKS, JOBS, WORKERS, TMP, QUARANTINE)
 
 
@@ -65,6 +67,10 @@ def failed_task_path(name: str) -> str:
 
 def alive_path(worker_id: str) -> str:
     return f"{CLAIMED}/{worker_id}/{ALIVE_FILE}"
+
+
+def identity_path(worker_id: str) -> str:
+    return f"{CLAIMED}/{worker_id}/{IDENTITY_FILE}"
 
 
 def claimed_path(worker_id: str, name: str) -> str:

@@ -32,7 +32,7 @@ from fs_task_queue.errors import CorruptFileError, QueueError
 from fs_task_queue.faults import crash_point
 from fs_task_queue.ids import is_generated_id, is_task_name, job_id_of, new_order_key, task_name, validate_job_id
 from fs_task_queue.job import Job, Outcome
-from fs_task_queue.liveness import AliveLock
+from fs_task_queue.liveness import AliveLock, HostIdentity
 from fs_task_queue.progress import WorkerInfo
 from fs_task_queue.serialize import TASK_MAGIC, dumps, dumps_call, open_envelope, python_version, seal
 from fs_task_queue.status import JobStatus
@@ -91,6 +91,9 @@ class Queue:
         self.path = storage.location
         self._host = socket.gethostname()
         self._format = self._open(create, shared)
+        if self._format.get("shared") and isinstance(storage, LocalStorage):
+            # Everyone who opens a shared queue must create group-usable files.
+            storage.share_with_group()
         try:
             self._key = self.storage.read(layout.KEY_FILE)
         except PermissionError:
@@ -216,10 +219,11 @@ class Queue:
     ) -> Job:
         """Submit ``func(*args, **kwargs)`` with task options that never reach ``func``.
 
-        ``job_id`` names the job (letters, digits, ``_``, ``-``; unique in the
-        queue: a second submit with the same id raises FileExistsError while the
-        first is queued). ``timeout`` (seconds), ``retries``, ``retry_delay``
-        and ``retry_backoff`` are enforced by the worker. ``metadata`` is a
+        ``job_id`` names the job (letters, digits, ``_``, ``-``); it must be
+        unique in the queue: submitting an id whose job already has an outcome
+        raises FileExistsError (an id still queued or running is not checked).
+        ``timeout`` (seconds), ``retries``, ``retry_delay`` and
+        ``retry_backoff`` are enforced by the worker. ``metadata`` is a
         JSON-serializable dict kept with the job.
         """
         func_bytes, args_bytes = dumps_call(func, tuple(args), dict(kwargs or {}))
@@ -306,11 +310,16 @@ class Queue:
         return job
 
     def jobs(self, status: JobStatus | str | None = None) -> list[Job]:
-        """The jobs in the queue, oldest first, optionally only those in ``status``."""
+        """The jobs in the queue, optionally only those in ``status``.
+
+        Queued jobs (including retries waiting in ``delayed/``) come first in
+        submission order, then started ones, then done ones by id.
+        """
         wanted = JobStatus(status) if status is not None else None
         out: list[Job] = []
         if wanted in (None, JobStatus.QUEUED):
-            out += [Job(self, job_id_of(n), name=n) for n in self._list_tasks(layout.QUEUED)]
+            waiting = self._list_tasks(layout.QUEUED) + self._list_tasks(layout.DELAYED)
+            out += [Job(self, job_id_of(n), name=n) for n in sorted(waiting)]
         if wanted in (None, JobStatus.STARTED):
             for worker_id in self._list(layout.CLAIMED):
                 out += [Job(self, job_id_of(n), name=n) for n in self._list_tasks(layout.claimed_dir(worker_id))]
@@ -325,7 +334,8 @@ class Queue:
     def stats(self) -> dict[str, int]:
         """Counts of jobs per state: queued, started, finished, failed, canceled (and workers)."""
         counts = {s.value: 0 for s in JobStatus}
-        counts[JobStatus.QUEUED.value] = len(self._list_tasks(layout.QUEUED))
+        waiting = len(self._list_tasks(layout.QUEUED)) + len(self._list_tasks(layout.DELAYED))
+        counts[JobStatus.QUEUED.value] = waiting
         counts[JobStatus.STARTED.value] = sum(
             len(self._list_tasks(layout.claimed_dir(w))) for w in self._list(layout.CLAIMED)
         )
@@ -386,16 +396,16 @@ class Queue:
         return status
 
     def _find_task(self, job_id: str) -> tuple[str, str | None] | None:
-        """Where the task file of ``job_id`` is: (name, worker id or None if queued)."""
-        if is_generated_id(job_id):
-            if self.storage.exists(layout.queued_path(job_id)):
-                return job_id, None
-            names: Iterable[str] = ()
-        else:
-            suffix = f".{job_id}"
-            names = (n for n in self._list(layout.QUEUED) if n.endswith(suffix))
-            for name in names:
-                return name, None
+        """Where the task file of ``job_id`` is: (name, worker id or None if queued or delayed)."""
+        for folder in (layout.QUEUED, layout.DELAYED):
+            if is_generated_id(job_id):
+                if self.storage.exists(f"{folder}/{job_id}"):
+                    return job_id, None
+            else:
+                suffix = f".{job_id}"
+                for name in self._list(folder):
+                    if name.endswith(suffix):
+                        return name, None
         for worker_id in self._list(layout.CLAIMED):
             for name in self._list(layout.claimed_dir(worker_id)):
                 if job_id_of(name) == job_id:
@@ -447,9 +457,11 @@ class Claimer:
     again when the batch runs out or is older than :data:`BATCH_MAX_AGE`.
     """
 
-    def __init__(self, queue: Queue, worker_id: str) -> None:
+    def __init__(self, queue: Queue, worker_id: str, *, heartbeat: bool = True) -> None:
         self.queue = queue
         self.worker_id = worker_id
+        self.heartbeat = heartbeat
+        self._touched = 0.0
         self._batch: deque[str] = deque()
         self._listed_at = 0.0
         self._lock: AliveLock | None = None
@@ -468,6 +480,21 @@ class Claimer:
         # process dies, which is how recoverers on this host know it is gone.
         self._lock = AliveLock(storage, self.worker_id)
         self._lock.acquire()
+        identity = json.dumps({"id": self.worker_id, "pid": os.getpid(), **HostIdentity.here(storage).as_record()})
+        storage.publish(layout.identity_path(self.worker_id), identity.encode(), replace=True)
+        if self.heartbeat:
+            storage.publish(layout.worker_path(self.worker_id), identity.encode(), replace=True)
+            self._touched = time.monotonic()
+
+    def _beat(self) -> None:
+        # Claimers without a Worker (queue.dequeue) keep a heartbeat by claiming:
+        # enough for recoverers on other hosts as long as tasks are short.
+        if self.heartbeat and time.monotonic() - self._touched > 10.0:
+            self._touched = time.monotonic()
+            try:
+                self.queue.storage.touch(layout.worker_path(self.worker_id))
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Put unfinished claims back in the queue and drop the liveness lock."""
@@ -481,6 +508,11 @@ class Claimer:
                 pass
         self._lock.release(remove=True)
         self._lock = None
+        if self.heartbeat:
+            try:
+                storage.remove(layout.worker_path(self.worker_id))
+            except FileNotFoundError:
+                pass
         try:
             storage.remove_tree(layout.claimed_dir(self.worker_id))
         except OSError:
@@ -527,6 +559,7 @@ class Claimer:
         storage = self.queue.storage
         if self._lock is None:
             self.register()
+        self._beat()
         batch = self._batch
         fresh = False
         while True:

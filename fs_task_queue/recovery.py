@@ -81,23 +81,25 @@ class Recoverer:
         except (OSError, ValueError):
             return None, None
 
+    def _identity(self, worker_id: str) -> dict[str, Any] | None:
+        try:
+            identity = json.loads(self.queue.storage.read(layout.identity_path(worker_id)))
+        except (OSError, ValueError):
+            return None
+        return identity if isinstance(identity, dict) else None
+
     def verdict(self, worker_id: str) -> str:
         """ "alive", "dead" or "unsure" (still watching its heartbeat)."""
-        record, mtime = self._record(worker_id)
-        if record is not None and record.get("host") == self.here.host:
-            if record.get("boot") and self.here.boot and record["boot"] != self.here.boot:
+        identity = self._identity(worker_id) or self._record(worker_id)[0]
+        if identity is not None and identity.get("host") == self.here.host:
+            if identity.get("boot") and self.here.boot and identity["boot"] != self.here.boot:
                 return "dead"  # that host rebooted since: all its processes are gone
-            if record.get("dev") == self.here.dev:
+            if identity.get("dev") == self.here.dev:
+                # Same host and mount: the lock is exact, heartbeat or not.
                 held = probe_alive_lock(self.queue.storage, worker_id)
                 if held is not None:
                     return "alive" if held else "dead"
-        elif record is None:
-            # No heartbeat file: a worker that unregistered (nothing to do), one
-            # told to stop (still finishing its task) or one whose file is lost.
-            # On this mount its lock still tells the truth.
-            held = probe_alive_lock(self.queue.storage, worker_id)
-            if held is False:
-                return "dead"
+        _, mtime = self._record(worker_id)
         if self.wall_clock:
             return "dead" if mtime is None or time.time() - mtime > self.dead_after else "alive"
         now = time.monotonic()
@@ -167,7 +169,7 @@ class Recoverer:
         self._seen.pop(worker_id, None)
         if self.queue._list_tasks(layout.claimed_dir(worker_id)):
             return  # a task arrived meanwhile (it was alive after all?): leave it be
-        for path in (layout.worker_path(worker_id), layout.alive_path(worker_id)):
+        for path in (layout.worker_path(worker_id), layout.alive_path(worker_id), layout.identity_path(worker_id)):
             try:
                 storage.remove(path)
             except FileNotFoundError:

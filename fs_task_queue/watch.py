@@ -14,7 +14,6 @@ import ctypes
 import os
 import select
 import struct
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,10 +62,14 @@ class DirWatcher:
         self.max_interval = max_interval
         self._interval = min_interval
         self._fd = -1
+        self._wake_r = self._wake_w = -1
         paths = list(dirs)
         real = [p for p in paths if p is not None]
         self._all_local = bool(real) and len(real) == len(paths) and all(map(is_local_filesystem, real))
         self._local_safety = local_safety_interval
+        # A pipe that interrupt() writes to, so a stop request (even from a
+        # signal handler) ends a wait at once instead of at the next poll.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if real and _libc is not None and os.environ.get("FSQ_NO_INOTIFY") != "1":
             fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
             if fd >= 0:
@@ -101,13 +104,34 @@ class DirWatcher:
         delay = self._next_poll()
         if timeout is not None:
             delay = min(delay, max(timeout, 0.0))
+        return self._select(delay)
+
+    def changes_now(self) -> set[str] | None:
+        """The names changed since the last look, without waiting (None: unknown, no notifications)."""
         if self._fd < 0:
-            time.sleep(delay)
             return None
-        ready, _, _ = select.select([self._fd], [], [], delay)
+        return self._select(0.0) or set()
+
+    def _select(self, delay: float) -> set[str] | None:
+        fds = [self._wake_r] if self._fd < 0 else [self._fd, self._wake_r]
+        ready, _, _ = select.select(fds, [], [], delay)
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            return None
         if not ready:
             return None
         return self._drain()
+
+    def interrupt(self) -> None:
+        """End the current (or next) wait now; safe to call from a signal handler or thread."""
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass  # already pending, or closed
 
     def _drain(self) -> set[str]:
         names: set[str] = set()
@@ -125,10 +149,14 @@ class DirWatcher:
         return names
 
     def close(self) -> None:
-        """Release the inotify descriptor."""
+        """Release the inotify descriptor and the wake-up pipe."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._wake_r >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
 
     def __enter__(self) -> DirWatcher:
         return self

@@ -106,6 +106,8 @@ class Worker:
         self._hard_deadline: float | None = None
         self._heartbeat_path = layout.worker_path(self.id)
         self._last_cancel_check = 0.0
+        self._watcher: DirWatcher | None = None
+        self._last_beat_look = 0.0
 
     # -------------------------------------------------------------- control
     def stop(self, reason: str = "asked to stop") -> None:
@@ -115,6 +117,8 @@ class Worker:
             log.info("worker %s stopping: %s", self.id, reason)
             self._hard_deadline = time.monotonic() + self.grace
         self._stop.set()
+        if self._watcher is not None:
+            self._watcher.interrupt()
 
     def kill_task(self, reason: str = "asked to stop now") -> None:
         """Stop at once: the running task is killed and put back in the queue."""
@@ -225,6 +229,10 @@ class Worker:
             requeue(job, task)
             self.stop(f"the queue's filesystem refuses writes ({exc.strerror})")
 
+    def _check_heartbeat(self, changed: set[str] | None) -> None:
+        if changed and self.id in changed and not self.queue.storage.exists(self._heartbeat_path):
+            self.stop(f"heartbeat file {layout.WORKERS}/{self.id} was deleted")
+
     # ------------------------------------------------------------------ run
     def _runner(self) -> Runner:
         if self.isolation == "none":
@@ -242,7 +250,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 handlers[sig] = signal.signal(sig, self._on_signal)
-        claimer = Claimer(self.queue, self.id)
+        claimer = Claimer(self.queue, self.id, heartbeat=False)
         claimer.register()
         self._register()
         beat = threading.Thread(target=self._heartbeat_loop, name=f"fsq-heartbeat-{self.id}", daemon=True)
@@ -250,7 +258,7 @@ class Worker:
         recoverer = Recoverer(self.queue, self.id, dead_after=self.dead_after, max_lost=self.max_lost)
         runner = self._runner()
         storage = self.queue.storage
-        watcher = DirWatcher(
+        watcher = self._watcher = DirWatcher(
             [storage.local_path(layout.QUEUED), storage.local_path(layout.WORKERS)],
             min_interval=self.poll_interval,
             max_interval=self.max_poll_interval,
@@ -279,6 +287,11 @@ class Worker:
                     self._process(job, runner)
                     self.jobs_done += 1
                     idle_since = time.monotonic()
+                    if idle_since - self._last_beat_look >= 1.0:
+                        # Busy: notifications queued up meanwhile tell (for free)
+                        # whether our heartbeat file was deleted.
+                        self._last_beat_look = idle_since
+                        self._check_heartbeat(watcher.changes_now())
                     if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
                         self.stop(f"reached --max-jobs {self.max_jobs}")
                     continue
@@ -294,12 +307,10 @@ class Worker:
                     timeouts.append(self.max_idle - idle)
                 if next_due is not None:
                     timeouts.append(next_due - time.time())
-                changed = watcher.wait(max(0.0, min(timeouts)))
-                if changed and self.id in changed and not storage.exists(self._heartbeat_path):
-                    # Something changed in workers/: our own heartbeat file was deleted.
-                    self.stop(f"heartbeat file {layout.WORKERS}/{self.id} was deleted")
+                self._check_heartbeat(watcher.wait(max(0.0, min(timeouts))))
         finally:
             self._stop.set()
+            self._watcher = None
             watcher.close()
             runner.close()
             claimer.close()

@@ -73,6 +73,10 @@ class LocalStorage:
         self._counter = 0
         self._rand = os.urandom(4).hex()
 
+    def share_with_group(self) -> None:
+        """Create group-readable and -writable files and setgid folders from now on."""
+        self.file_mode, self.dir_mode, self._chmod = 0o660, 0o2770, True
+
     def _abs(self, path: str) -> str:
         return f"{self.root}/{path}"
 
