@@ -82,7 +82,9 @@ class JobError(FSQError):
     """A job ended without a result. ``job_id`` names it when known."""
 
     def __init__(self, message: str, job_id: str | None = None) -> None:
-        super().__init__(message, job_id)
+        # Not super(): in a remote_error_class() combination the next class is
+        # the user's exception, whose constructor takes other arguments.
+        Exception.__init__(self, message, job_id)
         self.message = message
         self.job_id = job_id
 
@@ -171,7 +173,7 @@ def remote_error_class(base: type[BaseException] | None) -> type[RemoteError]:
                 (RemoteError, base),
                 {
                     "__module__": __name__,
-                    "__reduce__": lambda self: (_rebuild_remote, (base, tuple(self.args))),
+                    "__reduce__": lambda self: (_rebuild_remote, (base, tuple(self.args)), self.__dict__ or None),
                     "__init__": RemoteError.__init__,
                     "__str__": RemoteError.__str__,
                 },

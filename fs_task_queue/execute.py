@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import time
 import traceback
@@ -42,7 +43,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("fs_task_queue.worker")
-_HOST = socket.gethostname()
+# FSQ_HOST_ID names this host in records, as it does for liveness decisions.
+_HOST = os.environ.get("FSQ_HOST_ID") or socket.gethostname()
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
 from fs_task_queue.errors import FSQError
+from fs_task_queue.status import JobStatus
 from fs_task_queue.watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ class QueueExecutor(Executor):
                 outcome = future.job._load_outcome()
             except FSQError as exc:  # a corrupt result is this future's error
                 self._finish(job_id, future, None, exc)
+                continue
+            if outcome is not None and outcome.status is JobStatus.CANCELED:
+                with self._lock:
+                    self._pending.pop(job_id, None)
+                Future.cancel(future)  # a canceled job is a cancelled future, not an error
                 continue
             if outcome is not None:
                 try:

@@ -51,6 +51,9 @@ class Runner:
     def run(self, task: Task, timeout: float | None, should_abort: AbortCheck) -> CallResult | Aborted:
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Get ready to run the next task at once (start processes ahead)."""
+
     def close(self) -> None:
         """Release processes and pipes."""
 
@@ -150,6 +153,11 @@ class ChildRunner(Runner):
         self._proc, self._conn, self._tasks = proc, parent, 0
         self.spawned += 1
         return parent
+
+    def prepare(self) -> None:
+        if self._proc is None or not self._proc.is_alive():
+            self.kill()
+            self._start()
 
     def kill(self) -> None:
         """Kill the child now (the next task starts a new one)."""

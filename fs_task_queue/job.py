@@ -88,6 +88,8 @@ class Outcome:
             remote = remote_error_class(None)(*args)
         if original is not None:
             remote.__cause__ = original
+            if isinstance(remote, type(original)):
+                _copy_state(original, remote)
         return remote
 
     def result(self) -> Any:
@@ -96,6 +98,16 @@ class Outcome:
         if error is not None:
             raise error
         return self.value()
+
+
+def _copy_state(original: BaseException, remote: BaseException) -> None:
+    """Give the remote error the original's attributes (``e.code``, ``e.errno``...)."""
+    for name, value in vars(original).items():
+        if name not in vars(remote):
+            setattr(remote, name, value)
+    if isinstance(original, OSError) and isinstance(remote, OSError):
+        remote.errno, remote.strerror = original.errno, original.strerror
+        remote.filename, remote.filename2 = original.filename, original.filename2
 
 
 class Job:
@@ -128,7 +140,10 @@ class Job:
                 data = self.queue.storage.read(layout.result_path(self.id))
             except FileNotFoundError:
                 return None
-            self._outcome = Outcome.parse(self.queue, self.id, data)
+            outcome = Outcome.parse(self.queue, self.id, data)
+            if outcome.status is not JobStatus.FAILED:
+                self._outcome = outcome  # final: only failed jobs can be requeued
+            return outcome
         return self._outcome
 
     def _resolve(self) -> None:
@@ -300,7 +315,7 @@ class Job:
     def info(self) -> JobInfo:
         """When and where the job ran, with its function name and metadata."""
         status = self.get_status()
-        outcome = self._outcome
+        outcome = self._load_outcome() if status.is_done else None
         if outcome is not None:
             h = outcome.header
             err = h.get("error") or {}

@@ -72,8 +72,12 @@ class AliveLock:
         self._lock = _lock(self.path) if self.path is not None else None
 
     def acquire(self) -> None:
+        """Take the lock; raise FileExistsError if a live process holds it (the name is taken)."""
         if self._lock is not None:
-            self._lock.acquire(timeout=10)
+            try:
+                self._lock.acquire(timeout=0)
+            except filelock.Timeout:
+                raise FileExistsError(f"{self.path} is held by a live process") from None
 
     def release(self, remove: bool = False) -> None:
         if self._lock is not None:

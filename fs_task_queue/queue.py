@@ -118,7 +118,8 @@ class Queue:
             pass
         except NotADirectoryError:
             raise QueueError(
-                f"{self.path} is a file, not a queue directory: pass the path of a directory (it is created if missing)"
+                f"{self.path} or one of its parents is a file, not a directory: pass the path of a"
+                " directory (it is created if missing)"
             ) from None
         except PermissionError as exc:
             raise QueueError(f"cannot read the queue at {self.path}: {exc.strerror}; check its permissions") from None
@@ -196,7 +197,7 @@ class Queue:
         return self._read_format()
 
     # --------------------------------------------------------------- submitting
-    def enqueue(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+    def enqueue(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
         """Submit ``func(*args, **kwargs)`` and return its :class:`Job`.
 
         Every keyword argument goes to ``func``; to set task options (job id,
@@ -248,10 +249,9 @@ class Queue:
         options = _options(timeout, retries, retry_delay, retry_backoff, metadata)
         func_bytes, _ = dumps_call(func, (), {})
         empty: dict[str, Any] = {}
-        return [
-            self._submit(func, func_bytes, dumps((tuple(items), empty), "the arguments"), options, None)
-            for items in zip(*iterables, strict=False)
-        ]
+        # Pickle everything before publishing anything: a bad item submits nothing.
+        payloads = [dumps((tuple(items), empty), "the arguments") for items in zip(*iterables, strict=False)]
+        return [self._submit(func, func_bytes, payload, options, None) for payload in payloads]
 
     def enqueue_many(
         self, func: Callable[..., Any], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], **options: Any
@@ -259,9 +259,8 @@ class Queue:
         """Submit ``func(*args, **kwargs)`` for each ``(args, kwargs)`` in ``calls``."""
         opts = _options(**options)
         func_bytes, _ = dumps_call(func, (), {})
-        return [
-            self._submit(func, func_bytes, dumps((tuple(a), dict(k)), "the arguments"), opts, None) for a, k in calls
-        ]
+        payloads = [dumps((tuple(a), dict(k)), "the arguments") for a, k in calls]
+        return [self._submit(func, func_bytes, payload, opts, None) for payload in payloads]
 
     def _submit(
         self,
@@ -392,7 +391,8 @@ class Queue:
                 status = Outcome.parse(self, job_id, data).status
             except (OSError, CorruptFileError):
                 return None
-            self._status_cache[job_id] = status  # results never change
+            if status is not JobStatus.FAILED:  # failed jobs can be requeued
+                self._status_cache[job_id] = status
         return status
 
     def _find_task(self, job_id: str) -> tuple[str, str | None] | None:
@@ -478,8 +478,14 @@ class Claimer:
         storage.mkdir(layout.claimed_dir(self.worker_id))
         # Held for the claimer's lifetime; the kernel drops it the instant this
         # process dies, which is how recoverers on this host know it is gone.
-        self._lock = AliveLock(storage, self.worker_id)
-        self._lock.acquire()
+        lock = AliveLock(storage, self.worker_id)
+        try:
+            lock.acquire()
+        except FileExistsError:
+            raise ValueError(
+                f"a live process already claims as {self.worker_id!r} in {self.queue.path}: pick another worker name"
+            ) from None
+        self._lock = lock
         identity = json.dumps({"id": self.worker_id, "pid": os.getpid(), **HostIdentity.here(storage).as_record()})
         storage.publish(layout.identity_path(self.worker_id), identity.encode(), replace=True)
         if self.heartbeat:

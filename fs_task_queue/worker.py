@@ -122,6 +122,8 @@ class Worker:
 
     def kill_task(self, reason: str = "asked to stop now") -> None:
         """Stop at once: the running task is killed and put back in the queue."""
+        if self._stop.is_set():
+            log.info("worker %s stopping now: %s", self.id, reason)
         self.stop(reason)
         self._hard_deadline = time.monotonic()
 
@@ -198,7 +200,11 @@ class Worker:
         result = runner.run(task, timeout, lambda: self._should_abort(job))
         if isinstance(result, Aborted):
             if result.reason == "canceled":
-                log.info("job %s was canceled while running; killed it", job.id)
+                log.info(
+                    "job %s got an outcome while running here (canceled, or finished by a worker that"
+                    " took it over); killed this run",
+                    job.id,
+                )
                 release(job)
             else:
                 log.warning("job %s interrupted by shutdown; put back in the queue", job.id)
@@ -250,13 +256,22 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 handlers[sig] = signal.signal(sig, self._on_signal)
-        claimer = Claimer(self.queue, self.id, heartbeat=False)
-        claimer.register()
+        # The heartbeat file is published without replacing first: it is what
+        # makes a second worker with the same name fail fast with a clear error.
         self._register()
+        claimer = Claimer(self.queue, self.id, heartbeat=False)
+        try:
+            claimer.register()
+        except BaseException:
+            self._unregister()
+            raise
         beat = threading.Thread(target=self._heartbeat_loop, name=f"fsq-heartbeat-{self.id}", daemon=True)
         beat.start()
         recoverer = Recoverer(self.queue, self.id, dead_after=self.dead_after, max_lost=self.max_lost)
         runner = self._runner()
+        # Start the task process before claiming, so a claimed task waits
+        # microseconds, not a process start, before it runs.
+        runner.prepare()
         storage = self.queue.storage
         watcher = self._watcher = DirWatcher(
             [storage.local_path(layout.QUEUED), storage.local_path(layout.WORKERS)],
