@@ -1,0 +1,69 @@
+"""Fixtures: a fresh queue per test and real worker processes that are always stopped."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import helpers
+import pytest
+from helpers import Workers, wait_for
+
+from fs_task_queue import Queue
+
+#: Per-test limit unless a test sets its own ``@pytest.mark.timeout``.
+DEFAULT_TIMEOUT = 90
+
+# Worker processes cannot import the test modules: ship their functions by value.
+cloudpickle.register_pickle_by_value(helpers)
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Only the modules of this folder; sub-suites (tests/fault/...) have their own conftest.
+    for item in items:
+        if item.path.parent != HERE:
+            continue
+        module = getattr(item, "module", None)
+        if module is not None:
+            cloudpickle.register_pickle_by_value(module)
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+
+
+@pytest.fixture
+def qpath(tmp_path: Path) -> Path:
+    """Where the test's queue lives (not created yet)."""
+    return tmp_path / "queue"
+
+
+@pytest.fixture
+def queue(qpath: Path) -> Queue:
+    return Queue(qpath)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Start worker processes with ``workers.start(path, *args)``; all are stopped after the test."""
+    procs = Workers(tmp_path / "worker-logs")
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+@pytest.fixture
+def worker(queue: Queue, workers: Workers) -> str:
+    """One long-running worker on ``queue``, registered before the test starts; returns its id."""
+    name = "test-worker"
+    proc = workers.start(queue.path, "--name", name, "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
+    wait_for(
+        lambda: proc.poll() is not None or any(w.id == name for w in queue.workers()), what="the worker to register"
+    )
+    assert proc.poll() is None, workers.log(proc)
+    return name

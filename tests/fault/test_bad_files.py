@@ -1,0 +1,199 @@
+"""Files a worker must survive: a client killed mid-write, and junk or hostile files in queued/."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fs_task_queue import CorruptFileError, JobStatus, Queue
+from fs_task_queue.ids import new_order_key
+from fs_task_queue.serialize import TASK_MAGIC, seal
+
+from .faultlib import PYTHON, WORKER, CommitCounter, all_claimed, executions, mark, names, registered, run_cli, wait_for
+
+BIG_CLIENT = textwrap.dedent(
+    """
+    import sys
+    from fs_task_queue import Queue
+
+    queue = Queue(sys.argv[1], create=False)
+    queue.enqueue(len, b"x" * (200 << 20))
+    print("submitted", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_client_killed_mid_write_leaves_nothing_in_queued(lab):
+    tmp_dir, queued = lab.path / "tmp", lab.path / "queued"
+    worker = lab.worker("w", "--recover-interval", "0.5", "--max-poll-interval", "0.2")
+    wait_for(lambda: registered(lab.path, "w"), what="the worker to register")
+    appeared = CommitCounter(queued)  # every name that ever appears in queued/
+    try:
+        for _attempt in range(3):
+            client = lab.procs.start([PYTHON, "-c", BIG_CLIENT, str(lab.path)], label="big-client")
+            leftover = None
+            mine = f".{client.pid}-"  # temporary names hold the writer's pid
+            while client.poll() is None:  # kill it the moment its temporary file exists
+                found = [n for n in names(tmp_dir) if mine in n]
+                if found:
+                    os.kill(client.pid, signal.SIGKILL)
+                    leftover = tmp_dir / found[0]
+                    break
+            client.wait()
+            try:
+                size = leftover.stat().st_size if leftover is not None else None
+            except FileNotFoundError:  # renamed into queued/ before the kill landed
+                size = None
+            if size is not None and size < 200 << 20:
+                break  # killed while writing
+            # It got through (or past the write) before the kill: clean up and try again.
+            for name in names(queued):
+                os.unlink(queued / name)
+            for name in names(tmp_dir):
+                os.unlink(tmp_dir / name)
+            appeared.counts.clear()
+        else:
+            pytest.fail("could not kill the client while it wrote (it was always too fast)")
+        print(f"client killed mid-write: {leftover.name} holds {size} of more than {200 << 20} bytes")
+        assert client.returncode == -signal.SIGKILL
+        assert appeared.snapshot() == {} and names(queued) == []  # nothing partial was ever visible
+        assert names(tmp_dir) == [leftover.name]
+
+        job = lab.queue.enqueue(mark, str(lab.fx), "after")
+        assert job.wait(60).startswith("after.")
+        assert worker.poll() is None
+        assert names(tmp_dir) == [leftover.name]  # too young for the worker's own hourly sweep
+
+        out = run_cli("sweep", str(lab.path), "--older-than", "0s")
+        assert out.returncode == 0 and "removed 1 stale temporary file" in out.stdout, (out.stdout, out.stderr)
+        assert names(tmp_dir) == []
+        t = lab.tally("client SIGKILLed mid-write (200 MB)", {"after": job}, note="partial file only in tmp/")
+        assert not t.lost and not t.executed_twice and not t.committed_twice
+    finally:
+        appeared.close()
+
+
+class RunsCommand:
+    """Unpickling this runs a shell command (what an attacker would put in a task file)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (self.command,))
+
+
+class WritesFile:
+    """Unpickling this creates a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    os.rename(tmp, path)
+
+
+@pytest.mark.timeout(120)
+def test_bad_files_in_queued_are_quarantined(lab, tmp_path):
+    queue, queued, fx = lab.queue, lab.path / "queued", str(lab.fx)
+    pwned = tmp_path / "pwned"
+    bad: dict[str, str] = {}  # job id -> what is wrong with its file
+
+    def fresh(kind: str) -> Path:
+        name = new_order_key()
+        bad[name] = kind
+        return queued / name
+
+    def real(kind: str, key: str) -> tuple[Path, bytes]:
+        job = queue.enqueue(mark, fx, key)
+        bad[job.id] = kind
+        path = queued / job.id
+        return path, path.read_bytes()
+
+    _write(fresh("empty"), b"")
+    path, data = real("truncated", "trunc")
+    _write(path, data[: len(data) // 2])
+    _write(fresh("random bytes"), os.urandom(4096))
+    path, data = real("format FSQT9", "v9")
+    _write(path, b"FSQT9" + data[5:])
+    path, data = real("unsigned", "unsigned")
+    _write(path, data[:5] + bytes(32) + data[37:])
+    path, data = real("tampered", "tampered")
+    _write(path, data[:-1] + bytes([data[-1] ^ 1]))
+    os.mkfifo(fresh("fifo"))
+    path, data = real("symlink out of the queue", "via-symlink")
+    outside = tmp_path / "outside-task"
+    os.rename(path, outside)
+    os.symlink(outside, path)
+    os.mkdir(fresh("directory"))
+    # Hostile payloads that would act when unpickled, with no valid signature.
+    for kind, obj in (
+        ("pickle: os.system", RunsCommand(f"touch {pwned}")),
+        ("pickle: open(w)", WritesFile(str(pwned))),
+    ):
+        payload = pickle.dumps(obj)
+        header = {"id": "x", "py": "3.11", "fn": "evil", "at": time.time(), "opt": {}, "fl": len(payload)}
+        path = fresh(f"{kind}, no signature")
+        _write(path, payload)
+        path = fresh(f"{kind}, forged signature")
+        _write(path, TASK_MAGIC + os.urandom(32) + seal(TASK_MAGIC, bytes(32), path.name, header, payload)[37:])
+        path = fresh(f"{kind}, signed with another key")
+        _write(path, seal(TASK_MAGIC, os.urandom(32), path.name, header, payload))
+    _write(queued / "notes.txt", b"not a task name")
+
+    good = {f"g{i}": queue.enqueue(mark, fx, f"g{i}") for i in range(5)}
+    assert len(names(queued)) == len(bad) + len(good) + 1
+
+    worker = lab.worker("w", "--burst")
+    assert lab.procs.wait(worker, timeout=90) == 0, lab.procs.log(worker)  # neither crashed nor hung
+    log = lab.procs.log(worker)
+    assert "Traceback" not in log, log
+
+    assert not pwned.exists(), "a forged task file was unpickled"
+    assert executions(lab.fx)["via-symlink"] == 0, "the worker followed a symlink out of the queue"
+    for key in ("trunc", "v9", "unsigned", "tampered"):
+        assert executions(lab.fx)[key] == 0
+    for job_id, kind in bad.items():
+        job = queue.job(job_id)
+        assert job.get_status() is JobStatus.FAILED, kind
+        with pytest.raises(CorruptFileError):
+            job.wait(0)
+    quarantined = set(names(lab.path / "quarantine"))
+    assert quarantined == {*bad, "notes.txt"}, quarantined ^ {*bad, "notes.txt"}
+    assert names(queued) == [] and all_claimed(lab.path) == []
+    print(f"{len(bad)} bad task files quarantined: {sorted(set(bad.values()))}")
+    t = lab.tally(f"bad files in queued/ ({len(bad) + 1})", good, note="all quarantined, good tasks done, no unpickle")
+    assert not t.lost and not t.executed_twice and not t.committed_twice and not t.not_finished
+
+
+@pytest.mark.timeout(60)
+def test_task_file_moved_from_another_queue_is_refused(tmp_path):
+    """A task signed with one queue's key fails its signature check in another queue."""
+    one, two = Queue(tmp_path / "one"), Queue(tmp_path / "two")
+    job = one.enqueue(len, "abc")
+    os.rename(tmp_path / "one" / "queued" / job.id, tmp_path / "two" / "queued" / job.id)
+    done = subprocess.run(
+        [*WORKER, "--path", str(tmp_path / "two"), "--burst"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(CorruptFileError, match="signature"):
+        two.job(job.id).wait(0)
+    assert names(tmp_path / "two" / "quarantine") == [job.id]

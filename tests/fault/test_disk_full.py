@@ -1,0 +1,89 @@
+"""A full disk: a 2 MB tmpfs holds the queue."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fs_task_queue import JobStatus, Queue, QueueError
+
+from .faultlib import CommitCounter, all_claimed, executions, mark, names, record, tally
+
+
+def big_result(fx: str, key: str, size: int) -> bytes:
+    """Record the run, then return ``size`` incompressible bytes."""
+    os.close(os.open(os.path.join(fx, f"{key}.{uuid.uuid4().hex}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    return os.urandom(size)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M,mode=0700", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        message = f"cannot mount a tmpfs (needs root): {done.stderr.decode(errors='replace').strip()}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message + "; run the tests as root")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.timeout(90)
+def test_disk_full_on_submit_and_on_commit(small_fs, tmp_path, procs):
+    path = small_fs / "q"
+    queue = Queue(path)
+    fx = tmp_path / "fx"
+    fx.mkdir()
+    commits = CommitCounter(path / "results")
+    try:
+        # A task that does not fit: refused whole, nothing queued, no temporary file left.
+        with pytest.raises(QueueError, match="No space left on device") as err:
+            queue.enqueue(len, os.urandom(3 << 20))
+        assert "Nothing was queued" in str(err.value)
+        assert names(path / "queued") == [] and names(path / "tmp") == []
+
+        # Leave ~300 KB free: the task fits, its 700 KB result does not.
+        ballast = small_fs / "ballast"
+        ballast.write_bytes(b"\0" * (free_bytes(small_fs) - 300_000))
+        print(f"free before the big result: {free_bytes(small_fs)} bytes")
+        job = queue.enqueue(big_result, str(fx), "big", 700_000)
+        after = queue.enqueue(mark, str(fx), "after")
+
+        worker = procs.worker(path, "w", "--recover-interval", "0.5", "--max-poll-interval", "0.2")
+        assert procs.wait(worker) == 0, procs.log(worker)  # it stops by itself
+        log = procs.log(worker)
+        assert "cannot write the outcome" in log and "refuses writes" in log, log
+        assert executions(fx)["big"] == 1
+        assert job.get_status() is JobStatus.QUEUED  # not lost, not marked done
+        assert names(path / "results") == [] and job.id in names(path / "queued")
+        assert after.get_status() is JobStatus.QUEUED and executions(fx)["after"] == 0  # stopped claiming
+        assert all_claimed(path) == [] and names(path / "tmp") == []
+
+        ballast.unlink()
+        again = procs.worker(path, "w2", "--burst")
+        assert procs.wait(again) == 0, procs.log(again)
+        assert len(job.wait(0)) == 700_000 and after.wait(0).startswith("after.")
+        t = record(
+            tally("disk full (2 MB tmpfs)", {"big": job, "after": after}, fx, commits.snapshot(), path / "results"),
+            note="submit refused; result that did not fit requeued, done after space freed",
+        )
+        # The first run's outcome could not be kept, so it ran again: at least once, committed once.
+        assert t.executed_twice == ["big"] and commits.snapshot()[job.id] == 1
+        assert not t.lost and not t.committed_twice and not t.not_finished
+    finally:
+        procs.close()
+        commits.close()

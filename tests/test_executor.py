@@ -1,0 +1,133 @@
+"""QueueExecutor: a concurrent.futures.Executor whose work runs on the queue's workers."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from concurrent.futures import CancelledError, Executor, as_completed
+
+import pytest
+from helpers import WAIT, divide, run_burst, touch_and_return
+
+from fs_task_queue import JobCanceledError, JobFuture, JobStatus, QueueExecutor, RemoteError
+
+
+def echo(*args, **kwargs):
+    return args, kwargs
+
+
+def test_submit_map_and_as_completed(queue, worker):
+    with queue.executor() as ex:
+        assert isinstance(ex, QueueExecutor) and isinstance(ex, Executor)
+        fut = ex.submit(pow, 2, 10)
+        assert isinstance(fut, JobFuture)
+        assert fut.result(timeout=WAIT) == 1024
+        assert fut.job.get_status() is JobStatus.FINISHED
+
+        assert list(ex.map(operator.mul, range(12), range(12), timeout=WAIT)) == [i * i for i in range(12)]
+
+        futures = {ex.submit(operator.add, i, i): i for i in range(12)}
+        seen = {futures[f]: f.result() for f in as_completed(futures, timeout=WAIT)}
+        assert seen == {i: 2 * i for i in range(12)}
+
+        # Keyword arguments (even ones named like options) go to the function.
+        assert ex.submit(echo, 1, timeout=3, fn=4).result(timeout=WAIT) == ((1,), {"timeout": 3, "fn": 4})
+
+
+def test_future_exception_propagates(queue, worker):
+    with queue.executor() as ex:
+        fut = ex.submit(divide, 1, 0)
+        with pytest.raises(ZeroDivisionError):
+            fut.result(timeout=WAIT)
+        exc = fut.exception(timeout=WAIT)
+        assert isinstance(exc, RemoteError) and isinstance(exc, ZeroDivisionError)
+        assert exc.job_id == fut.job.id
+        assert "in divide" in exc.remote_traceback
+        # The executor keeps working after a failure.
+        assert ex.submit(divide, 9, 3).result(timeout=WAIT) == 3
+
+
+def test_executor_options_apply_to_each_job(queue, worker):
+    with queue.executor(metadata={"via": "executor"}) as ex:
+        futures = [ex.submit(operator.neg, i) for i in range(3)]
+        assert [f.result(timeout=WAIT) for f in futures] == [0, -1, -2]
+    assert [f.job.metadata for f in futures] == [{"via": "executor"}] * 3
+
+
+def assert_canceled_future(fut) -> None:
+    """The future of a job canceled in the queue is done, and reports the cancel."""
+    assert fut.done()
+    assert fut.job.get_status() is JobStatus.CANCELED
+    if not fut.cancelled():  # see test_future_cancel_is_reliable
+        assert isinstance(fut.exception(timeout=WAIT), JobCanceledError)
+
+
+def test_future_cancel_of_a_queued_job(queue, tmp_path):
+    side = tmp_path / "ran"
+    ex = queue.executor()
+    try:
+        fut = ex.submit(touch_and_return, str(side), 1)
+        keep = ex.submit(operator.add, 1, 2)
+        fut.cancel()
+        assert_canceled_future(fut)
+        with pytest.raises((CancelledError, JobCanceledError)):
+            fut.result(timeout=WAIT)
+
+        run_burst(queue.path)
+
+        assert keep.result(timeout=WAIT) == 3
+        assert keep.cancel() is False, "a finished future cannot be canceled"
+        assert not keep.cancelled()
+        assert not side.exists(), "the canceled job ran"
+        assert fut.job.get_status() is JobStatus.CANCELED
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_future_cancel_is_reliable(queue):
+    # future.cancel() of a queued job must return True and leave the future cancelled, every time:
+    # not only when it wins a race against the executor's watcher thread.
+    ex = queue.executor()
+    try:
+        outcomes = []
+        for i in range(30):
+            fut = ex.submit(operator.add, i, i)
+            outcomes.append((fut.cancel(), fut.cancelled()))
+        assert outcomes == [(True, True)] * 30
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_shutdown_waits_for_submitted_jobs(queue, workers):
+    ex = queue.executor()
+    futures = [ex.submit(operator.mul, i, 2) for i in range(5)]
+    proc = workers.start(queue.path, "--burst")
+    ex.shutdown(wait=True)
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == [0, 2, 4, 6, 8]
+    workers.wait_all([proc])
+    with pytest.raises(RuntimeError):
+        ex.submit(operator.add, 1, 1)
+
+
+def test_shutdown_cancel_futures(queue, tmp_path):
+    side = tmp_path / "ran"
+    ex = queue.executor()
+    futures = [ex.submit(touch_and_return, f"{side}-{i}", i) for i in range(3)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    for fut in futures:
+        assert_canceled_future(fut)
+    run_burst(queue.path)
+    assert list(tmp_path.glob("ran-*")) == []
+
+
+def test_run_in_executor(queue, worker):
+    async def main():
+        loop = asyncio.get_running_loop()
+        with queue.executor() as ex:
+            return await asyncio.wait_for(
+                asyncio.gather(loop.run_in_executor(ex, pow, 3, 3), loop.run_in_executor(ex, divide, 1, 4)),
+                timeout=WAIT,
+            )
+
+    assert asyncio.run(main()) == [27, 0.25]
