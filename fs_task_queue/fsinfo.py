@@ -43,8 +43,14 @@ def filesystem_type(path: str | os.PathLike[str]) -> str:
 
     Returns ``"unknown"`` where ``/proc/self/mounts`` is unavailable.
     """
-    # Cached: mounts rarely change while a queue is in use, and waits ask often.
-    return _filesystem_type(os.path.realpath(os.fspath(path)))
+    # Cached (realpath too, it stats every component): mounts rarely change
+    # while a queue is in use, and waits ask often.
+    return _filesystem_type_of(os.fspath(path))
+
+
+@functools.lru_cache(maxsize=256)
+def _filesystem_type_of(path: str) -> str:
+    return _filesystem_type(os.path.realpath(path))
 
 
 def is_local_filesystem(path: str | os.PathLike[str]) -> bool:

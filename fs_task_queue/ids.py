@@ -21,19 +21,34 @@ _CUSTOM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
 
 _lock = threading.Lock()
 _last_us = 0
+_stamp_second = -1
+_stamp = ""
+_suffix = os.urandom(3).hex()
+
+
+def _new_suffix() -> None:
+    global _suffix
+    _suffix = os.urandom(3).hex()
+
+
+os.register_at_fork(after_in_child=_new_suffix)
 
 
 def new_order_key() -> str:
     """A new key that sorts after every key this process made before."""
-    global _last_us
+    global _last_us, _stamp_second, _stamp
     with _lock:
         now_us = time.time_ns() // 1000
         # Two calls within one microsecond (or a clock step back) must still sort
         # in call order, so never hand out a time at or below the last one.
         _last_us = now_us = max(now_us, _last_us + 1)
-    seconds, micros = divmod(now_us, 1_000_000)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(seconds))
-    return f"{stamp}-{micros:06d}-{os.urandom(3).hex()}"
+        seconds, micros = divmod(now_us, 1_000_000)
+        if seconds != _stamp_second:  # strftime costs more than the rest together
+            _stamp_second, _stamp = seconds, time.strftime("%Y%m%d-%H%M%S", time.gmtime(seconds))
+        stamp = _stamp
+    # Keys of one process differ by time; the per-process random suffix keeps two
+    # processes that pick the same microsecond apart.
+    return f"{stamp}-{micros:06d}-{_suffix}"
 
 
 def is_generated_id(job_id: str) -> bool:

@@ -1,6 +1,6 @@
 """Running a task where its crash cannot take the worker down.
 
-:class:`ChildRunner` keeps one child process (started with ``spawn``, reused
+:class:`ChildRunner` keeps one child process (``python -m fs_task_queue._child``, reused
 for many tasks, respawned when it dies) and sends it tasks over a pipe. A task
 that segfaults, calls ``os._exit``, raises ``SystemExit`` or hits the memory
 limit fails with a recorded cause while the worker goes on. The parent enforces
@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import multiprocessing
+import os
 import pickle
+import select
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,30 +81,38 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child_main(conn: Connection, queue_args: dict[str, Any], memory_limit: int | None) -> None:
+def child_main(read_fd: int, write_fd: int) -> None:
+    """Serve tasks from the worker until the pipe closes (runs in the task process)."""
     # The worker decides when the task stops: a SIGTERM sent to the whole job
     # step by SLURM, or Ctrl-C in a terminal, must not kill the task directly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     _die_with_parent()
-    if memory_limit:
+    inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    try:
+        setup = pickle.loads(inbox.recv_bytes())
+    except (EOFError, OSError):
+        return
+    sys.path[:] = setup["sys_path"]  # import what the worker can import
+    if setup["memory_limit"]:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        resource.setrlimit(resource.RLIMIT_AS, (setup["memory_limit"], setup["memory_limit"]))
     from fs_task_queue.queue import Queue
 
+    queue_args = dict(setup["queue_args"])
     queue = Queue(queue_args.pop("path"), create=False, **queue_args)
     while True:
         try:
-            data = conn.recv_bytes()
+            data = inbox.recv_bytes()
         except (EOFError, OSError):
             return
         task: Task = pickle.loads(data)
         result = call_task(task, TaskContext(queue, task.job_id, name=task.name))
         try:
-            conn.send_bytes(pickle.dumps(result, protocol=5))
-        except (BrokenPipeError, OSError):
+            outbox.send_bytes(pickle.dumps(result, protocol=5))
+        except OSError:
             return
 
 
@@ -119,8 +130,10 @@ def _describe_exit(code: int | None) -> str:
 class ChildRunner(Runner):
     """Runs each task in a reusable child process.
 
-    ``max_tasks_per_child`` respawns the child after that many tasks (None:
-    never). ``memory_limit`` (bytes) caps the child's address space.
+    The child is ``python -m fs_task_queue._child`` (not multiprocessing's
+    spawn, which would re-import the worker's ``__main__``); it gets the
+    worker's ``sys.path``. ``max_tasks_per_child`` respawns it after that many
+    tasks (None: never). ``memory_limit`` (bytes) caps its address space.
     """
 
     def __init__(
@@ -133,60 +146,85 @@ class ChildRunner(Runner):
         self.queue_args = queue_args
         self.max_tasks_per_child = max_tasks_per_child
         self.memory_limit = memory_limit
-        self._ctx = multiprocessing.get_context("spawn")
-        self._proc: Any = None
-        self._conn: Connection | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._send: Connection | None = None
+        self._recv: Connection | None = None
+        self._poller: Any = None
         self._tasks = 0
         self.spawned = 0
 
-    def _start(self) -> Connection:
-        parent, child = self._ctx.Pipe()
-        # Not a daemon: tasks may start processes of their own (multiprocessing).
-        proc = self._ctx.Process(
-            target=_child_main,
-            args=(child, dict(self.queue_args), self.memory_limit),
-            name="fsq-task",
-            daemon=False,
-        )
-        proc.start()
-        child.close()
-        self._proc, self._conn, self._tasks = proc, parent, 0
+    def _start(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        try:
+            # Not a daemon-like helper: tasks may start processes of their own.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fs_task_queue._child", str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            for fd in (to_child_w, from_child_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        os.set_inheritable(to_child_w, False)
+        os.set_inheritable(from_child_r, False)
+        send, recv = Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
+        # One poll object per child: building a selector for every wait costs
+        # more than the wait itself for short tasks.
+        poller = select.poll()
+        poller.register(from_child_r, select.POLLIN)
+        self._proc, self._send, self._recv, self._poller, self._tasks = proc, send, recv, poller, 0
         self.spawned += 1
-        return parent
+        setup = {"sys_path": list(sys.path), "memory_limit": self.memory_limit, "queue_args": self.queue_args}
+        try:
+            send.send_bytes(pickle.dumps(setup))
+        except OSError:
+            pass  # it died at once: the first task will find out and say why
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def prepare(self) -> None:
-        if self._proc is None or not self._proc.is_alive():
+        if not self._alive():
             self.kill()
             self._start()
 
+    def _drop_pipes(self) -> None:
+        for conn in (self._send, self._recv):
+            if conn is not None:
+                conn.close()
+        self._send = self._recv = self._poller = None
+
     def kill(self) -> None:
         """Kill the child now (the next task starts a new one)."""
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
-        if conn is not None:
-            conn.close()
+        proc, self._proc = self._proc, None
+        self._drop_pipes()
         if proc is not None:
-            if proc.is_alive():
+            if proc.poll() is None:
                 proc.kill()
-            proc.join(5)
-            proc.close()
+            proc.wait(5)
 
     def run(self, task: Task, timeout: float | None, should_abort: AbortCheck) -> CallResult | Aborted:
-        conn = self._conn if self._proc is not None and self._proc.is_alive() else None
-        if conn is None:
+        if not self._alive() or self._send is None:
             self.kill()
-            conn = self._start()
+            self._start()
+        send, recv, poller = self._send, self._recv, self._poller
+        assert send is not None and recv is not None and poller is not None
         started = time.time()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            conn.send_bytes(pickle.dumps(task, protocol=5))
-        except (BrokenPipeError, OSError):
+            send.send_bytes(pickle.dumps(task, protocol=5))
+        except OSError:
             return self._crashed(task, started)
         while True:
             wait = CHECK_INTERVAL if deadline is None else min(CHECK_INTERVAL, max(0.0, deadline - time.monotonic()))
-            if conn.poll(wait):
+            if poller.poll(wait * 1000):
                 try:
-                    result: CallResult = pickle.loads(conn.recv_bytes())
+                    result: CallResult = pickle.loads(recv.recv_bytes())
                 except (EOFError, OSError):
                     return self._crashed(task, started)
                 self._tasks += 1
@@ -199,12 +237,10 @@ class ChildRunner(Runner):
                 return Aborted(reason)
             if deadline is not None and time.monotonic() >= deadline:
                 self.kill()
-                result = failed(
-                    JobTimeoutError(
-                        f"job {task.job_id} ran longer than its timeout of {timeout:g} s and was killed", task.job_id
-                    ),
-                    kind="timeout",
+                error = JobTimeoutError(
+                    f"job {task.job_id} ran longer than its timeout of {timeout:g} s and was killed", task.job_id
                 )
+                result = failed(error, kind="timeout")
                 result.started, result.ended = started, time.time()
                 return result
 
@@ -212,8 +248,10 @@ class ChildRunner(Runner):
         proc = self._proc
         code = None
         if proc is not None:
-            proc.join(5)
-            code = proc.exitcode
+            try:
+                code = proc.wait(5)
+            except subprocess.TimeoutExpired:
+                code = None
         self.kill()
         cause = _describe_exit(code)
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
@@ -228,13 +266,11 @@ class ChildRunner(Runner):
         return result
 
     def close(self) -> None:
-        conn, proc = self._conn, self._proc
-        self._proc = self._conn = None
-        if conn is not None:
-            conn.close()  # the child sees EOF and exits
+        proc, self._proc = self._proc, None
+        self._drop_pipes()  # the child sees EOF and exits
         if proc is not None:
-            proc.join(5)
-            if proc.is_alive():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join(5)
-            proc.close()
+                proc.wait(5)

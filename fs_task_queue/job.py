@@ -20,7 +20,6 @@ from fs_task_queue.errors import (
 from fs_task_queue.progress import JobInfo, Progress
 from fs_task_queue.serialize import RESULT_MAGIC, TASK_MAGIC, loads, open_envelope, seal
 from fs_task_queue.status import JobStatus
-from fs_task_queue.watch import DirWatcher
 
 if TYPE_CHECKING:
     from fs_task_queue.queue import Queue
@@ -205,18 +204,18 @@ class Job:
         if outcome is not None:
             return outcome
         deadline = None if timeout is None else time.monotonic() + timeout
-        with DirWatcher([self.queue.storage.local_path(layout.RESULTS)]) as watcher:
-            while (outcome := self._load_outcome()) is None:
-                while True:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise WaitTimeoutError(
-                            f"job {self.id} is still {self.get_status().value} after {timeout} s;"
-                            " it goes on: wait again, or cancel it with job.cancel()"
-                        )
-                    changed = watcher.wait(left)
-                    if changed is None or self.id in changed:
-                        break  # look again only when our result may be there
+        watcher = self.queue._watcher(layout.RESULTS)
+        while (outcome := self._load_outcome()) is None:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise WaitTimeoutError(
+                        f"job {self.id} is still {self.get_status().value} after {timeout} s;"
+                        " it goes on: wait again, or cancel it with job.cancel()"
+                    )
+                changed = watcher.wait(left)
+                if changed is None or self.id in changed:
+                    break  # look again only when our result may be there
         return outcome
 
     def wait(self, timeout: float | None = None) -> Any:

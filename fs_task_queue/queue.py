@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -109,6 +110,24 @@ class Queue:
         self._pyver = python_version()
         self._claimer: Claimer | None = None
         self._status_cache: dict[str, JobStatus] = {}
+        self._watchers = threading.local()
+
+    def _watcher(self, directory: str) -> DirWatcher:
+        """A long-lived watcher of ``directory`` for this thread.
+
+        Reused across waits: closing an inotify descriptor that holds a watch
+        blocks for a kernel grace period (about 8 ms), which would otherwise be
+        added to every ``job.wait()``.
+        """
+        watcher: DirWatcher | None = getattr(self._watchers, directory, None)
+        if watcher is None:
+            watcher = DirWatcher([self.storage.local_path(directory)])
+            setattr(self._watchers, directory, watcher)
+        watcher.reset()
+        return watcher
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (self.storage,))
 
     # ------------------------------------------------------------------ opening
     def _open(self, create: bool, shared: bool) -> dict[str, Any]:
@@ -423,15 +442,15 @@ class Queue:
             self._claimer = Claimer(self, worker_id or default_worker_id())
         claimer = self._claimer
         deadline = None if timeout is None else time.monotonic() + timeout
-        with DirWatcher([self.storage.local_path(layout.QUEUED)]) as watcher:
-            while True:
-                job = claimer.claim()
-                if job is not None:
-                    return job
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"no task arrived in {self.path} within {timeout} s")
-                watcher.wait(left)
+        watcher = self._watcher(layout.QUEUED)
+        while True:
+            job = claimer.claim()
+            if job is not None:
+                return job
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no task arrived in {self.path} within {timeout} s")
+            watcher.wait(left)
 
     def executor(self, **options: Any) -> QueueExecutor:
         """A :class:`concurrent.futures.Executor` that runs submissions on this queue."""
@@ -610,6 +629,10 @@ class Claimer:
     def __iter__(self) -> Iterator[Job]:
         while (job := self.claim()) is not None:
             yield job
+
+
+def _reopen(storage: Storage) -> Queue:
+    return Queue(storage=storage)
 
 
 def _remove_quietly(storage: Storage, path: str) -> None:

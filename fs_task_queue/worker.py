@@ -108,6 +108,7 @@ class Worker:
         self._last_cancel_check = 0.0
         self._watcher: DirWatcher | None = None
         self._last_beat_look = 0.0
+        self._delayed_since_look = False
 
     # -------------------------------------------------------------- control
     def stop(self, reason: str = "asked to stop") -> None:
@@ -222,6 +223,7 @@ class Worker:
             )
             history = [*task.header.get("hist", []), attempt_record(task, self.id, result, "failed")]
             requeue(job, task, {"attempt": attempt + 1, "hist": history}, delay=delay)
+            self._delayed_since_look = self._delayed_since_look or delay > 0
             log.info("job %s failed (attempt %d of %d); retrying in %.1f s", job.id, attempt, retries + 1, delay)
             return
         try:
@@ -293,7 +295,9 @@ class Worker:
                     next_sweep = now + 600.0
                 next_due = claimer.promote_delayed()
                 job = claimer.claim()
-                if job is None:  # before idling, look at due retries right now
+                if job is None and self._delayed_since_look:
+                    # A retry was just put off: learn its due time before idling.
+                    self._delayed_since_look = False
                     next_due = claimer.promote_delayed(force=True)
                     if claimer.promoted:
                         job = claimer.claim()
@@ -322,7 +326,13 @@ class Worker:
                     timeouts.append(self.max_idle - idle)
                 if next_due is not None:
                     timeouts.append(next_due - time.time())
-                self._check_heartbeat(watcher.wait(max(0.0, min(timeouts))))
+                wait_until = time.monotonic() + max(0.0, min(timeouts))
+                while not self._stop.is_set():
+                    changed = watcher.wait(max(0.0, wait_until - time.monotonic()))
+                    self._check_heartbeat(changed)
+                    # Our own heartbeat touch is no reason to look for work.
+                    if not changed or not changed <= {self.id}:
+                        break
         finally:
             self._stop.set()
             self._watcher = None
