@@ -27,13 +27,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers import WAIT
+from helpers import wait_for as wait_for  # re-exported: one waiting helper for both suites
+
 #: Generous: waits end as soon as their condition holds; this only bounds a failure.
-WAIT = 60.0
 PYTHON = sys.executable
 WORKER = [PYTHON, "-m", "fs_task_queue", "worker"]
 ADMIN = [PYTHON, "-m", "fs_task_queue"]
@@ -232,18 +233,6 @@ def format_table() -> str:
 
 
 # ------------------------------------------------------------------ processes
-def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in the process group ``pgid``."""
     out = []
