@@ -69,7 +69,8 @@ def run_demo(tasks: int = 20, workers: int = 2) -> int:
                 shown = repr(value)
             except FSQError as exc:
                 good = isinstance(expected, type) and isinstance(exc, expected)
-                shown = f"raised {type(exc).__name__}: {getattr(exc, 'remote_message', exc)}"
+                kind = getattr(exc, "remote_type", None) or type(exc).__name__
+                shown = f"raised {kind}: {getattr(exc, 'remote_message', exc)}"
             ok &= good
             info = job.info()
             took = (info.ended_at or 0) - (info.started_at or 0)
