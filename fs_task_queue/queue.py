@@ -371,10 +371,8 @@ class Queue:
         for worker_id in sorted(self._list(layout.WORKERS)):
             if worker_id.startswith("."):
                 continue
-            try:
-                info = self.storage.stat(layout.worker_path(worker_id))
-                record = json.loads(self.storage.read(layout.worker_path(worker_id)) or b"{}")
-            except (OSError, ValueError):
+            record, mtime = self._worker_record(worker_id)
+            if record is None or mtime is None:
                 continue
             try:
                 running = tuple(job_id_of(n) for n in self._list_tasks(layout.claimed_dir(worker_id)))
@@ -387,11 +385,21 @@ class Queue:
                     pid=record.get("pid"),
                     started_at=record.get("started_at"),
                     version=record.get("version"),
-                    heartbeat_age=max(0.0, now - info.mtime),
+                    heartbeat_age=max(0.0, now - mtime),
                     running=running,
                 )
             )
         return out
+
+    def _worker_record(self, worker_id: str) -> tuple[dict[str, Any] | None, float | None]:
+        """A worker's heartbeat file: its JSON record and modification time (None, None if unreadable)."""
+        path = layout.worker_path(worker_id)
+        try:
+            mtime = self.storage.stat(path).mtime
+            record = json.loads(self.storage.read(path) or b"{}")
+        except (OSError, ValueError):
+            return None, None
+        return (record if isinstance(record, dict) else None), mtime
 
     def _list(self, directory: str) -> list[str]:
         try:

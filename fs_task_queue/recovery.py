@@ -72,15 +72,6 @@ class Recoverer:
         self.here = HostIdentity.here(queue.storage)
         self._seen: dict[str, tuple[Any, float]] = {}
 
-    def _record(self, worker_id: str) -> tuple[dict[str, Any] | None, float | None]:
-        storage = self.queue.storage
-        try:
-            mtime = storage.stat(layout.worker_path(worker_id)).mtime
-            record = json.loads(storage.read(layout.worker_path(worker_id)))
-            return (record if isinstance(record, dict) else None), mtime
-        except (OSError, ValueError):
-            return None, None
-
     def _identity(self, worker_id: str) -> dict[str, Any] | None:
         try:
             identity = json.loads(self.queue.storage.read(layout.identity_path(worker_id)))
@@ -90,7 +81,8 @@ class Recoverer:
 
     def verdict(self, worker_id: str) -> str:
         """ "alive", "dead" or "unsure" (still watching its heartbeat)."""
-        identity = self._identity(worker_id) or self._record(worker_id)[0]
+        record, mtime = self.queue._worker_record(worker_id)
+        identity = self._identity(worker_id) or record
         if identity is not None and identity.get("host") == self.here.host:
             if identity.get("boot") and self.here.boot and identity["boot"] != self.here.boot:
                 return "dead"  # that host rebooted since: all its processes are gone
@@ -99,7 +91,6 @@ class Recoverer:
                 held = probe_alive_lock(self.queue.storage, worker_id)
                 if held is not None:
                     return "alive" if held else "dead"
-        _, mtime = self._record(worker_id)
         if self.wall_clock:
             return "dead" if mtime is None or time.time() - mtime > self.dead_after else "alive"
         now = time.monotonic()
@@ -117,7 +108,7 @@ class Recoverer:
                 continue
             if self.verdict(worker_id) != "dead":
                 continue
-            record, _ = self._record(worker_id)
+            record, _ = self.queue._worker_record(worker_id)
             host = (record or {}).get("host")
             log.warning("worker %s (host %s) is dead; recovering its tasks", worker_id, host)
             for name in self.queue._list_tasks(layout.claimed_dir(worker_id)):

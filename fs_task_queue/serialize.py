@@ -158,12 +158,13 @@ def dumps_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     last = _last_function
     if last is not None and last[0] is func:
         func_bytes = last[1]
+    elif (by_name := _by_reference(func)) is not None:
+        # Pickled by name, so its bytes cannot change: reuse them for the next
+        # call of the same function (loops of enqueue).
+        func_bytes = by_name
+        _last_function = (func, func_bytes)
     else:
         func_bytes = dumps(func, "the function")
-        if _by_reference(func) == func_bytes:
-            # Pickled by name, so its bytes cannot change: reuse them for the
-            # next call of the same function (loops of enqueue).
-            _last_function = (func, func_bytes)
     try:
         return func_bytes, dumps((args, kwargs), "the arguments")
     except SerializationError:
