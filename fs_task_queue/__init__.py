@@ -7,6 +7,8 @@
 3
 """
 
+from typing import TYPE_CHECKING, Any
+
 from fs_task_queue._version import __version__
 from fs_task_queue.errors import (
     CorruptFileError,
@@ -21,13 +23,16 @@ from fs_task_queue.errors import (
     RemoteError,
     SerializationError,
     WaitTimeoutError,
+    WorkerError,
     WorkerLostError,
 )
-from fs_task_queue.executor import JobFuture, QueueExecutor
 from fs_task_queue.job import Job
 from fs_task_queue.progress import JobInfo, Progress, WorkerInfo
 from fs_task_queue.queue import Queue
 from fs_task_queue.runtime import current_job, progress
+
+if TYPE_CHECKING:
+    from fs_task_queue.executor import JobFuture, QueueExecutor
 from fs_task_queue.status import JobStatus
 from fs_task_queue.worker import Worker
 
@@ -51,6 +56,7 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "WaitTimeoutError",
+    "WorkerError",
     "Worker",
     "WorkerInfo",
     "WorkerLostError",
@@ -58,3 +64,13 @@ __all__ = [
     "current_job",
     "progress",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The executor pulls in concurrent.futures: imported only when asked for,
+    # so a worker or a plain client starts faster.
+    if name in ("JobFuture", "QueueExecutor"):
+        from fs_task_queue import executor
+
+        return getattr(executor, name)
+    raise AttributeError(f"module 'fs_task_queue' has no attribute {name!r}")

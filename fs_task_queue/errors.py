@@ -39,6 +39,7 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "WaitTimeoutError",
+    "WorkerError",
     "WorkerLostError",
 ]
 
@@ -76,6 +77,10 @@ class PythonVersionMismatchError(FSQError, RuntimeError):
 
 class WaitTimeoutError(FSQError, TimeoutError):
     """Waiting for a job ran out of time; the job itself goes on."""
+
+
+class WorkerError(FSQError, RuntimeError):
+    """A worker cannot go on (for example its task process dies before running any task)."""
 
 
 class JobError(FSQError):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import time
 import traceback
 from collections import OrderedDict
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fs_task_queue import layout
 from fs_task_queue.errors import CorruptFileError, PythonVersionMismatchError, SerializationError
 from fs_task_queue.faults import crash_point
+from fs_task_queue.liveness import host_name
 from fs_task_queue.runtime import TaskContext
 from fs_task_queue.serialize import TASK_MAGIC, dumps, loads, open_envelope, python_version, seal
 from fs_task_queue.status import JobStatus
@@ -44,7 +43,7 @@ __all__ = [
 
 log = logging.getLogger("fs_task_queue.worker")
 # FSQ_HOST_ID names this host in records, as it does for liveness decisions.
-_HOST = os.environ.get("FSQ_HOST_ID") or socket.gethostname()
+_HOST = host_name()
 
 
 @dataclass
@@ -184,7 +183,8 @@ def commit(job: Job, task: Task | None, result: CallResult, *, worker: str | Non
 
     The result file is published without replacing: if a canceler or another
     worker (this one was presumed dead) committed first, this outcome is dropped.
-    A failed job's task file is kept in ``failed/`` so it can be requeued.
+    The task file is kept: in ``failed/`` for a failed job (so it can be
+    requeued), in ``done/`` otherwise; purging the job deletes it.
     """
     queue = job.queue
     header = task.header if task is not None else {}
@@ -217,15 +217,14 @@ def commit(job: Job, task: Task | None, result: CallResult, *, worker: str | Non
         release(job)
         return False
     crash_point("after-commit")
-    if result.status is JobStatus.FAILED:
-        release(job, keep_as=layout.failed_task_path(job._name or job.id))
-    else:
-        release(job)
+    # The task file is kept (moved, not deleted: see layout.DONE_TASKS).
+    keep = layout.failed_task_path if result.status is JobStatus.FAILED else layout.done_task_path
+    release(job, keep_as=keep(job._name or job.id))
     crash_point("after-release")
     return True
 
 
-def requeue(job: Job, task: Task, updates: dict[str, Any] | None = None, delay: float = 0.0) -> None:
+def requeue(job: Job, task: Task | None = None, updates: dict[str, Any] | None = None, delay: float = 0.0) -> None:
     """Put a claimed task back in the queue (``updates`` go into its header, re-signed).
 
     Without updates the claimed file is just renamed back: a task interrupted by
@@ -240,6 +239,7 @@ def requeue(job: Job, task: Task, updates: dict[str, Any] | None = None, delay: 
         except FileNotFoundError:
             log.warning("job %s was taken from this worker before it could be requeued", job.id)
         return
+    assert task is not None, "a task is needed to rewrite its header"
     header = {**task.header, **(updates or {})}
     target = layout.queued_path(job._name)
     if delay > 0:
@@ -269,11 +269,19 @@ def release(job: Job, keep_as: str | None = None) -> None:
     """
     assert job._claimed_by is not None and job._name is not None
     claimed = layout.claimed_path(job._claimed_by, job._name)
+    storage = job.queue.storage
     try:
         if keep_as is None:
-            job.queue.storage.remove(claimed)
+            storage.remove(claimed)
         else:
-            job.queue.storage.rename(claimed, keep_as)
+            try:
+                storage.rename(claimed, keep_as)
+            except FileNotFoundError:
+                if not storage.exists(claimed):
+                    raise
+                # A queue made by an older version lacks the target folder.
+                storage.mkdir(keep_as.rpartition("/")[0])
+                storage.rename(claimed, keep_as)
     except FileNotFoundError:
         log.warning("job %s was taken from this worker (presumed dead?) before it finished", job.id)
 

@@ -15,16 +15,16 @@ share a hostname, or tests that simulate two hosts.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
-from typing import Any
-
-import filelock
+from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
 from fs_task_queue.storage import Storage
 
-__all__ = ["AliveLock", "HostIdentity", "probe_alive_lock"]
+if TYPE_CHECKING:
+    import filelock
+
+__all__ = ["AliveLock", "HostIdentity", "host_name", "probe_alive_lock"]
 
 
 def _boot_id() -> str:
@@ -52,13 +52,20 @@ class HostIdentity:
                 dev = os.stat(root).st_dev
             except OSError:
                 dev = None
-        return cls(os.environ.get("FSQ_HOST_ID") or socket.gethostname(), _boot_id(), dev)
+        return cls(host_name(), _boot_id(), dev)
 
     def as_record(self) -> dict[str, Any]:
         return {"host": self.host, "boot": self.boot, "dev": self.dev}
 
 
+def host_name() -> str:
+    """This host's name for records and liveness decisions (``FSQ_HOST_ID`` overrides it)."""
+    return os.environ.get("FSQ_HOST_ID") or os.uname().nodename
+
+
 def _lock(path: str) -> filelock.UnixFileLock:
+    import filelock  # only workers take locks: clients need not import it
+
     # No soft-lock fallback: a lock file that outlives its holder would make a
     # dead worker look alive forever.
     return filelock.UnixFileLock(path, fallback_to_soft=False, preserve_lock_file=True, thread_local=False)
@@ -74,6 +81,8 @@ class AliveLock:
     def acquire(self) -> None:
         """Take the lock; raise FileExistsError if a live process holds it (the name is taken)."""
         if self._lock is not None:
+            import filelock
+
             try:
                 self._lock.acquire(timeout=0)
             except filelock.Timeout:
@@ -97,6 +106,8 @@ def probe_alive_lock(storage: Storage, worker_id: str) -> bool | None:
     path = storage.local_path(layout.alive_path(worker_id))
     if path is None or not os.path.exists(path):
         return None
+    import filelock
+
     lock = _lock(path)
     try:
         lock.acquire(timeout=0)

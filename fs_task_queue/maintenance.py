@@ -46,14 +46,18 @@ def sweep_tmp(queue: Queue, max_age: float = TMP_MAX_AGE) -> int:
 
 
 def purge(queue: Queue, older_than: float, statuses: set[JobStatus] | None = None) -> list[str]:
-    """Delete done jobs whose outcome is older than ``older_than`` seconds; return their ids.
+    """Delete done jobs (outcome, logs, kept task file) older than ``older_than`` seconds; return their ids.
 
     ``statuses`` limits it to some terminal states (default: all of them).
     """
     storage = queue.storage
     wanted = statuses or {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED}
     now = time.time()
-    failed_names = {job_id_of(n): n for n in queue._list(layout.FAILED_TASKS)}
+    kept = {
+        job_id_of(n): f"{folder}/{n}"
+        for folder in (layout.DONE_TASKS, layout.FAILED_TASKS)
+        for n in queue._list(folder)
+    }
     purged = []
     for job_id in queue._list(layout.RESULTS):
         try:
@@ -63,9 +67,9 @@ def purge(queue: Queue, older_than: float, statuses: set[JobStatus] | None = Non
         if age < older_than or queue._result_status(job_id) not in wanted:
             continue
         storage.remove_tree(layout.job_dir(job_id))
-        if job_id in failed_names:
+        if job_id in kept:
             try:
-                storage.remove(layout.failed_task_path(failed_names[job_id]))
+                storage.remove(kept[job_id])
             except FileNotFoundError:
                 pass
         try:

@@ -20,7 +20,6 @@ import errno
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -90,7 +89,7 @@ class Queue:
             storage = LocalStorage(path, file_mode=file_mode, dir_mode=dir_mode, durable=durable)
         self.storage: Storage = storage
         self.path = storage.location
-        self._host = socket.gethostname()
+        self._host = os.uname().nodename
         self._format = self._open(create, shared)
         if self._format.get("shared") and isinstance(storage, LocalStorage):
             # Everyone who opens a shared queue must create group-usable files.
@@ -484,10 +483,14 @@ class Claimer:
     again when the batch runs out or is older than :data:`BATCH_MAX_AGE`.
     """
 
-    def __init__(self, queue: Queue, worker_id: str, *, heartbeat: bool = True) -> None:
+    def __init__(
+        self, queue: Queue, worker_id: str, *, heartbeat: bool = True, held_by_supervisor: bool = False
+    ) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self.heartbeat = heartbeat
+        #: The folder and liveness lock belong to a supervising worker process.
+        self._held_elsewhere = held_by_supervisor
         self._touched = 0.0
         self._batch: deque[str] = deque()
         self._listed_at = 0.0
@@ -590,7 +593,7 @@ class Claimer:
     def claim(self) -> Job | None:
         """Claim the oldest available task, or return None if there is none."""
         storage = self.queue.storage
-        if self._lock is None:
+        if self._lock is None and not self._held_elsewhere:
             self.register()
         self._beat()
         batch = self._batch
@@ -650,7 +653,7 @@ def _remove_quietly(storage: Storage, path: str) -> None:
 
 def default_worker_id() -> str:
     """A worker id unique across hosts and restarts: ``<host>-<pid>-<random>``."""
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40] or "host"
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)[:40] or "host"
     return f"{host}-{os.getpid()}-{os.urandom(2).hex()}"
 
 

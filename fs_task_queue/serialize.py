@@ -16,8 +16,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
 from fs_task_queue.errors import CorruptFileError, SerializationError
 
 __all__ = [
@@ -128,7 +126,9 @@ def _by_reference(obj: Any) -> bytes | None:
         return None
     if b"__main__" in data:
         return None
-    by_value = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", ())
+    # Modules can only be registered by value through cloudpickle: not imported, none are.
+    cp = sys.modules.get("cloudpickle.cloudpickle")
+    by_value = getattr(cp, "_PICKLE_BY_VALUE_MODULES", ())
     if any(name.encode() in data for name in by_value):
         return None
     return data
@@ -139,6 +139,8 @@ def dumps(obj: Any, what: str) -> bytes:
     fast = _by_reference(obj)
     if fast is not None:
         return fast
+    import cloudpickle  # imported when first needed: most workers never do
+
     try:
         data: bytes = cloudpickle.dumps(obj, protocol=5)
     except Exception as exc:
@@ -178,7 +180,8 @@ def dumps_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
 def loads(data: bytes, what: str) -> Any:
     """Unpickle ``data``; on failure say what could not be rebuilt and why."""
     try:
-        return cloudpickle.loads(data)
+        # cloudpickle's output is plain pickle that imports cloudpickle itself if needed.
+        return pickle.loads(data)
     except Exception as exc:
         raise SerializationError(
             f"cannot unpickle {what}: {type(exc).__name__}: {exc}. A module it needs may be"

@@ -95,16 +95,16 @@ class DirWatcher:
         self._interval = min(self._interval * 2, self.max_interval)
         return interval
 
-    def wait(self, timeout: float | None = None) -> set[str] | None:
-        """Sleep until a change is noticed or it is time to poll.
+    def wait(self, timeout: float | None = None, also: tuple[int, ...] = ()) -> set[str] | None:
+        """Sleep until a change is noticed, it is time to poll, or a descriptor in ``also`` is readable.
 
         Returns the names of the entries that changed (from notifications), or
-        None when it woke to poll: then anything may have changed.
+        None when it woke for another reason: then anything may have changed.
         """
         delay = self._next_poll()
         if timeout is not None:
             delay = min(delay, max(timeout, 0.0))
-        return self._select(delay)
+        return self._select(delay, also)
 
     def changes_now(self) -> set[str] | None:
         """The names changed since the last look, without waiting (None: unknown, no notifications)."""
@@ -112,9 +112,11 @@ class DirWatcher:
             return None
         return self._select(0.0) or set()
 
-    def _select(self, delay: float) -> set[str] | None:
-        fds = [self._wake_r] if self._fd < 0 else [self._fd, self._wake_r]
+    def _select(self, delay: float, also: tuple[int, ...] = ()) -> set[str] | None:
+        fds = [self._wake_r, *also] if self._fd < 0 else [self._fd, self._wake_r, *also]
         ready, _, _ = select.select(fds, [], [], delay)
+        if also and any(fd in ready for fd in also):
+            return None
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 512):

@@ -12,7 +12,6 @@ clients killed mid-write.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -25,23 +24,28 @@ from typing import Any, Literal
 
 from fs_task_queue import layout
 from fs_task_queue._version import __version__
-from fs_task_queue.execute import CallResult, Task, attempt_record, commit, read_claimed, release, requeue
-from fs_task_queue.isolation import Aborted, ChildRunner, InProcessRunner, Runner
-from fs_task_queue.job import Job
+from fs_task_queue.board import RUNNING, Post
+from fs_task_queue.errors import WorkerError
+from fs_task_queue.ids import job_id_of
 from fs_task_queue.liveness import HostIdentity
 from fs_task_queue.maintenance import sweep_tmp
 from fs_task_queue.queue import Claimer, Queue, default_worker_id
 from fs_task_queue.recovery import DEFAULT_DEAD_AFTER, DEFAULT_MAX_LOST, Recoverer
 from fs_task_queue.security import check_queue_permissions
-from fs_task_queue.status import JobStatus
+from fs_task_queue.serve import LoopSettings, TaskLoop
+from fs_task_queue.supervise import TaskProcess, _describe_exit
 from fs_task_queue.watch import DirWatcher
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("fs_task_queue.worker")
 
-_NO_RETRY_KINDS = frozenset({"corrupt", "version", "serialization"})
-_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+#: How often the worker process looks at its running task (cancellation, shutdown), seconds.
+CHECK_INTERVAL = 0.5
+
+
+def storage_has_result(queue: Queue, name: str) -> bool:
+    return queue.storage.exists(layout.result_path(job_id_of(name)))
 
 
 class Worker:
@@ -105,10 +109,9 @@ class Worker:
         self._stop_reason = ""
         self._hard_deadline: float | None = None
         self._heartbeat_path = layout.worker_path(self.id)
-        self._last_cancel_check = 0.0
         self._watcher: DirWatcher | None = None
-        self._last_beat_look = 0.0
-        self._delayed_since_look = False
+        self._loop: TaskLoop | None = None
+        self._next_beat = self._next_recover = self._next_sweep = 0.0
 
     # -------------------------------------------------------------- control
     def stop(self, reason: str = "asked to stop") -> None:
@@ -118,6 +121,8 @@ class Worker:
             log.info("worker %s stopping: %s", self.id, reason)
             self._hard_deadline = time.monotonic() + self.grace
         self._stop.set()
+        if self._loop is not None:
+            self._loop.stop(reason)
         if self._watcher is not None:
             self._watcher.interrupt()
 
@@ -175,81 +180,45 @@ class Worker:
             return False
         return True
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.heartbeat_interval):
-            self._heartbeat_alive()
-
-    # ------------------------------------------------------------- one task
-    def _should_abort(self, job: Job) -> str | None:
-        if self._hard_deadline is not None and time.monotonic() >= self._hard_deadline:
-            return "shutdown"
-        now = time.monotonic()
-        if now - self._last_cancel_check >= 1.0:
-            self._last_cancel_check = now
-            if self.queue.storage.exists(layout.result_path(job.id)):
-                return "canceled"
-        return None
-
-    def _process(self, job: Job, runner: Runner) -> None:
-        task = read_claimed(job)
-        if task is None:
-            return
-        opts = task.options
-        timeout = opts.get("timeout", self.timeout)
-        log.debug("running job %s (%s), attempt %s", job.id, task.header.get("fn"), task.header.get("attempt", 1))
-        self._last_cancel_check = time.monotonic()
-        result = runner.run(task, timeout, lambda: self._should_abort(job))
-        if isinstance(result, Aborted):
-            if result.reason == "canceled":
-                log.info(
-                    "job %s got an outcome while running here (canceled, or finished by a worker that"
-                    " took it over); killed this run",
-                    job.id,
-                )
-                release(job)
-            else:
-                log.warning("job %s interrupted by shutdown; put back in the queue", job.id)
-                requeue(job, task)
-            return
-        self._finish(job, task, result)
-
-    def _finish(self, job: Job, task: Task, result: CallResult) -> None:
-        attempt = int(task.header.get("attempt", 1))
-        retries = int(task.options.get("retries", 0))
-        kind = (result.error or {}).get("kind")
-        if result.status is JobStatus.FAILED and attempt <= retries and kind not in _NO_RETRY_KINDS:
-            delay = float(task.options.get("retry_delay", 0.0)) * float(task.options.get("retry_backoff", 2.0)) ** (
-                attempt - 1
-            )
-            history = [*task.header.get("hist", []), attempt_record(task, self.id, result, "failed")]
-            requeue(job, task, {"attempt": attempt + 1, "hist": history}, delay=delay)
-            self._delayed_since_look = self._delayed_since_look or delay > 0
-            log.info("job %s failed (attempt %d of %d); retrying in %.1f s", job.id, attempt, retries + 1, delay)
-            return
-        try:
-            commit(job, task, result)
-        except OSError as exc:
-            if exc.errno not in _DISK_ERRORS:
-                raise
-            # The outcome cannot be written: it is not marked done, and the task
-            # goes back to the queue (a rename needs no space) for when it can.
-            log.error("cannot write the outcome of job %s (%s): re-queued it", job.id, exc.strerror)
-            requeue(job, task)
-            self.stop(f"the queue's filesystem refuses writes ({exc.strerror})")
-
     def _check_heartbeat(self, changed: set[str] | None) -> None:
         if changed and self.id in changed and not self.queue.storage.exists(self._heartbeat_path):
             self.stop(f"heartbeat file {layout.WORKERS}/{self.id} was deleted")
 
+    # ---------------------------------------------------------------- chores
+    def _chores(self, recoverer: Recoverer, *, beat: bool) -> float:
+        """Heartbeat, recovery and sweeping when due; seconds until the next one."""
+        now = time.monotonic()
+        if beat and now >= self._next_beat:
+            self._heartbeat_alive()
+            self._next_beat = now + self.heartbeat_interval
+        if now >= self._next_recover:
+            recoverer.run_once()
+            self._next_recover = now + self.recover_interval
+        if now >= self._next_sweep:
+            sweep_tmp(self.queue)
+            self._next_sweep = now + 600.0
+        due = [self._next_recover, self._next_sweep] + ([self._next_beat] if beat else [])
+        return max(0.0, min(due) - time.monotonic())
+
+    def _chore_loop(self, recoverer: Recoverer, watcher: DirWatcher) -> None:
+        # With isolation "none" the tasks run in the main thread; this thread
+        # keeps the heartbeat, recovers dead workers' tasks and sweeps.
+        while not self._stop.is_set():
+            wait = self._chores(recoverer, beat=not self._stop.is_set())
+            self._check_heartbeat(watcher.wait(wait))
+
     # ------------------------------------------------------------------ run
-    def _runner(self) -> Runner:
-        if self.isolation == "none":
-            return InProcessRunner(self.queue)
-        storage: Any = self.queue.storage
-        queue_args = {"path": self.queue.path, "durable": getattr(storage, "durable", False)}
-        if self.queue._format.get("shared"):
-            queue_args["shared"] = True
-        return ChildRunner(queue_args, max_tasks_per_child=self.max_tasks_per_child, memory_limit=self.memory_limit)
+    def _settings(self) -> LoopSettings:
+        return LoopSettings(
+            burst=self.burst,
+            max_jobs=None if self.max_jobs is None else self.max_jobs - self.jobs_done,
+            max_idle=self.max_idle,
+            timeout=self.timeout,
+            max_tasks=self.max_tasks_per_child if self.isolation == "process" else None,
+            supervisor_timeout=max(1.0, min(self.dead_after, self.heartbeat_interval) / 3),
+            poll_interval=self.poll_interval,
+            max_poll_interval=self.max_poll_interval,
+        )
 
     def run(self) -> int:
         """Work until stopped; return the number of jobs processed."""
@@ -267,80 +236,121 @@ class Worker:
         except BaseException:
             self._unregister()
             raise
-        beat = threading.Thread(target=self._heartbeat_loop, name=f"fsq-heartbeat-{self.id}", daemon=True)
-        beat.start()
         recoverer = Recoverer(self.queue, self.id, dead_after=self.dead_after, max_lost=self.max_lost)
-        runner = self._runner()
-        # Start the task process before claiming, so a claimed task waits
-        # microseconds, not a process start, before it runs.
-        runner.prepare()
-        storage = self.queue.storage
         watcher = self._watcher = DirWatcher(
-            [storage.local_path(layout.QUEUED), storage.local_path(layout.WORKERS)],
+            [self.queue.storage.local_path(layout.WORKERS)],
             min_interval=self.poll_interval,
             max_interval=self.max_poll_interval,
         )
+        now = time.monotonic()
+        self._next_beat, self._next_recover, self._next_sweep = now + self.heartbeat_interval, now, now
         log.info("worker %s serving %s (isolation: %s)", self.id, self.queue.path, self.isolation)
-        idle_since = time.monotonic()
-        next_recover = 0.0
-        next_sweep = 0.0
         try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                if now >= next_recover:
-                    recoverer.run_once()
-                    next_recover = now + self.recover_interval
-                if now >= next_sweep:
-                    sweep_tmp(self.queue)
-                    next_sweep = now + 600.0
-                next_due = claimer.promote_delayed()
-                job = claimer.claim()
-                if job is None and self._delayed_since_look:
-                    # A retry was just put off: learn its due time before idling.
-                    self._delayed_since_look = False
-                    next_due = claimer.promote_delayed(force=True)
-                    if claimer.promoted:
-                        job = claimer.claim()
-                if job is not None:
-                    watcher.reset()
-                    self._process(job, runner)
-                    self.jobs_done += 1
-                    idle_since = time.monotonic()
-                    if idle_since - self._last_beat_look >= 1.0:
-                        # Busy: notifications queued up meanwhile tell (for free)
-                        # whether our heartbeat file was deleted.
-                        self._last_beat_look = idle_since
-                        self._check_heartbeat(watcher.changes_now())
-                    if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
-                        self.stop(f"reached --max-jobs {self.max_jobs}")
-                    continue
-                if self.burst and next_due is None:
-                    self.stop("no task left (burst mode)")
-                    break
-                idle = time.monotonic() - idle_since
-                if self.max_idle is not None and idle >= self.max_idle:
-                    self.stop(f"idle for {self.max_idle} s")
-                    break
-                timeouts = [next_recover - time.monotonic()]
-                if self.max_idle is not None:
-                    timeouts.append(self.max_idle - idle)
-                if next_due is not None:
-                    timeouts.append(next_due - time.time())
-                wait_until = time.monotonic() + max(0.0, min(timeouts))
-                while not self._stop.is_set():
-                    changed = watcher.wait(max(0.0, wait_until - time.monotonic()))
-                    self._check_heartbeat(changed)
-                    # Our own heartbeat touch is no reason to look for work.
-                    if not changed or not changed <= {self.id}:
-                        break
+            # Recovery first: tasks of dead workers are the oldest work there is.
+            self._chores(recoverer, beat=False)
+            if self.isolation == "none":
+                self._run_in_process(claimer, recoverer, watcher)
+            else:
+                self._supervise(recoverer, watcher)
         finally:
             self._stop.set()
             self._watcher = None
             watcher.close()
-            runner.close()
             claimer.close()
             self._unregister()
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
             log.info("worker %s stopped after %d jobs (%s)", self.id, self.jobs_done, self._stop_reason)
         return self.jobs_done
+
+    def _run_in_process(self, claimer: Claimer, recoverer: Recoverer, watcher: DirWatcher) -> None:
+        loop = self._loop = TaskLoop(claimer, self._settings())
+        chores = threading.Thread(target=self._chore_loop, args=(recoverer, watcher), name=f"fsq-chores-{self.id}")
+        chores.daemon = True
+        chores.start()
+        try:
+            if not self._stop.is_set():
+                ended = loop.run()
+                self.stop(ended.reason)
+        finally:
+            self.jobs_done += loop.jobs_done
+            self._loop = None
+            self._stop.set()
+            watcher.interrupt()
+            chores.join()
+
+    def _supervise(self, recoverer: Recoverer, watcher: DirWatcher) -> None:
+        """Keep a task process serving; enforce timeouts, cancellation, the grace; settle what it leaves."""
+        storage: Any = self.queue.storage
+        queue_args = {"path": self.queue.path, "durable": getattr(storage, "durable", False)}
+        if self.queue._format.get("shared"):
+            queue_args["shared"] = True
+        deaths_without_work = 0
+        while not self._stop.is_set():
+            proc = TaskProcess(
+                self.queue, self.id, self._settings(), memory_limit=self.memory_limit, queue_args=queue_args
+            )
+            proc.board.stamp()
+            proc.start()
+            try:
+                post, reason, target = self._watch(proc, recoverer, watcher)
+            finally:
+                proc.reap()
+                proc.close()
+            handled, stop = proc.settle(post, reason, target)
+            self.jobs_done += post.done + handled
+            if stop:
+                self.stop(stop)
+            if proc.exit is not None:
+                if not proc.exit.recycle:
+                    self.stop(proc.exit.reason)
+                continue
+            if reason is None:
+                log.warning("task process %d died with %s", proc.pid, _describe_exit(proc.exit_code))
+                deaths_without_work = 0 if post.done + handled else deaths_without_work + 1
+                if deaths_without_work >= 3:
+                    raise WorkerError(
+                        f"the task process of worker {self.id} died {deaths_without_work} times before running a"
+                        f" task (last: {_describe_exit(proc.exit_code)}); see the messages above"
+                    )
+
+    def _watch(self, proc: TaskProcess, recoverer: Recoverer, watcher: DirWatcher) -> tuple[Post, str | None, int]:
+        """Wait until the task process ends or must be killed: (last post, kill reason, kill target)."""
+        last_cancel_check = 0.0
+        inbox = (proc.fileno(),)
+        while True:
+            wait = min(self._chores(recoverer, beat=True), CHECK_INTERVAL)
+            proc.board.stamp()
+            now = time.monotonic()
+            post = proc.post()
+            if post.deadline is not None and post.state == RUNNING:
+                wait = min(wait, post.deadline - now)
+            if self._stop.is_set():
+                proc.ask_to_stop()
+                if self._hard_deadline is not None:
+                    wait = min(wait, self._hard_deadline - now)
+            changed = watcher.wait(max(0.0, wait), also=inbox)
+            self._check_heartbeat(changed)
+            if not proc.read():
+                return proc.post(), None, 0
+            now = time.monotonic()
+            post = proc.post()
+            reason = None
+            if self._stop.is_set() and self._hard_deadline is not None and now >= self._hard_deadline:
+                reason = "shutdown"
+            elif post.state == RUNNING and post.deadline is not None and now >= post.deadline:
+                reason = "timeout"
+            elif post.state == RUNNING and now - last_cancel_check >= 1.0:
+                # A result that appeared while the task still runs: it was
+                # canceled, or taken over by a worker that presumed this one dead.
+                last_cancel_check = now
+                if storage_has_result(self.queue, post.name) and proc.post().seq == post.seq:
+                    reason = "canceled"
+                    log.info(
+                        "job %s got an outcome while running here (canceled, or finished by a worker that took"
+                        " it over); killed this run",
+                        job_id_of(post.name),
+                    )
+            if reason is not None:
+                proc.kill()
+                return proc.post(), reason, post.seq

@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import shutil
 import stat as stat_mod
 from typing import Any
 
@@ -190,6 +189,8 @@ class LocalStorage:
         os.unlink(self._abs(path))
 
     def remove_tree(self, path: str) -> None:
+        import shutil  # rarely needed, slow to import
+
         shutil.rmtree(self._abs(path), ignore_errors=True)
 
     def mkdir(self, path: str) -> None:

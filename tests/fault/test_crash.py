@@ -100,8 +100,8 @@ def test_sigstop_past_dead_threshold_then_sigcont_commits_once(lab, frozen):
 
     ``host``: the whole process group (worker and task) is stopped, so after SIGCONT
     the resumed worker finds the job done and kills its task. ``worker``: only the
-    worker process is stopped; its task finishes meanwhile, and after SIGCONT the
-    worker's late commit must be dropped.
+    worker process is stopped; its task process finishes the first run after the
+    task was re-run elsewhere, and that late commit must be dropped.
     """
     beat = [
         "--heartbeat-interval",
@@ -115,7 +115,7 @@ def test_sigstop_past_dead_threshold_then_sigcont_commits_once(lab, frozen):
     ]
     sleeper = lab.worker("sleeper", *beat, env={"FSQ_HOST_ID": "host-a"})
     wait_for(lambda: registered(lab.path, "sleeper"), what="the worker on host-a to register")
-    job = lab.queue.enqueue(mark, str(lab.fx), "s", first_sleep=60 if frozen == "host" else 6, end=True)
+    job = lab.queue.enqueue(mark, str(lab.fx), "s", first_sleep=60 if frozen == "host" else 10, end=True)
     wait_for(lambda: executions(lab.fx)["s"] == 1, what="the task to start on host-a")
 
     lab.worker("watcher", *beat, env={"FSQ_HOST_ID": "host-b"})
@@ -213,3 +213,27 @@ def test_every_death_while_holding_a_task_counts_toward_max_lost(lab):
     assert [h["outcome"] for h in job.info().history] == ["worker lost"] * 3
     assert executions(lab.fx)["never-started"] == 0
     assert not t.lost and not t.executed_twice and not t.committed_twice
+
+
+@pytest.mark.timeout(120)
+def test_task_process_claims_nothing_while_its_worker_process_is_frozen(lab):
+    """Only the worker process is stopped: its heartbeat stops, so its task process must stop claiming."""
+    sleeper = lab.worker("frozen", "--heartbeat-interval", "0.5", "--dead-after", "600", "--max-poll-interval", "0.2")
+    wait_for(lambda: registered(lab.path, "frozen"), what="the worker to register")
+    first = lab.queue.enqueue(mark, str(lab.fx), "before")
+    first.wait(30)
+    os.kill(sleeper.pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # past the task process's limit: max(1 s, --heartbeat-interval / 3)
+        later = [lab.queue.enqueue(mark, str(lab.fx), f"after{i}") for i in range(3)]
+        time.sleep(2.0)
+        assert [job.get_status() for job in later] == [JobStatus.QUEUED] * 3
+        assert not any(k.startswith("after") for k in executions(lab.fx))
+    finally:
+        os.kill(sleeper.pid, signal.SIGCONT)
+    for job in later:
+        job.wait(30)
+    jobs = {"before": first, **{f"after{i}": job for i, job in enumerate(later)}}
+    t = lab.tally("worker process frozen (SIGSTOP)", jobs, "task process claimed nothing; all done after SIGCONT")
+    assert not t.lost and not t.executed_twice and not t.committed_twice
+    assert "not responding" in lab.procs.log(sleeper)

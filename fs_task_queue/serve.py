@@ -1,0 +1,205 @@
+"""The claim -> run -> commit loop that serves tasks.
+
+With process isolation (the default) a :class:`TaskLoop` runs in the worker's
+task process, which claims, runs and commits tasks by itself while the worker
+process supervises it (:mod:`fs_task_queue.supervise`): no hand-over per task.
+With ``isolation="none"`` it runs in the worker process itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fs_task_queue import layout
+from fs_task_queue.board import Board
+from fs_task_queue.execute import CallResult, Task, attempt_record, call_task, commit, read_claimed, requeue
+from fs_task_queue.runtime import TaskContext
+from fs_task_queue.status import JobStatus
+from fs_task_queue.watch import DirWatcher
+
+if TYPE_CHECKING:
+    from fs_task_queue.job import Job
+    from fs_task_queue.queue import Claimer
+
+__all__ = ["LoopExit", "LoopSettings", "TaskLoop", "settle_outcome"]
+
+log = logging.getLogger("fs_task_queue.worker")
+
+_NO_RETRY_KINDS = frozenset({"corrupt", "version", "serialization"})
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """When a task loop stops, and how it waits (see :class:`~fs_task_queue.worker.Worker`)."""
+
+    burst: bool = False
+    max_jobs: int | None = None
+    max_idle: float | None = None
+    timeout: float | None = None
+    max_tasks: int | None = None  # then the loop ends so a fresh task process takes over
+    #: With a board: claim nothing while the worker process has been silent this
+    #: long (frozen or hung), since its heartbeat stops too and other hosts will
+    #: soon presume the worker dead and re-run what it holds.
+    supervisor_timeout: float = 10.0
+    poll_interval: float = 0.05
+    max_poll_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class LoopExit:
+    """Why a task loop ended; ``recycle``: only this task process, not the worker, is done."""
+
+    reason: str
+    recycle: bool = False
+
+
+def settle_outcome(job: Job, task: Task, result: CallResult, worker_id: str) -> str | None:
+    """Retry or commit ``result``; return a reason to stop the worker, or None.
+
+    A failed attempt with retries left goes back to the queue (after its delay)
+    with its history; otherwise the outcome is committed. An outcome that the
+    filesystem refuses (full, read-only) is not marked done: the task is
+    re-queued and the worker should stop.
+    """
+    attempt = int(task.header.get("attempt", 1))
+    retries = int(task.options.get("retries", 0))
+    kind = (result.error or {}).get("kind")
+    if result.status is JobStatus.FAILED and attempt <= retries and kind not in _NO_RETRY_KINDS:
+        delay = float(task.options.get("retry_delay", 0.0)) * float(task.options.get("retry_backoff", 2.0)) ** (
+            attempt - 1
+        )
+        history = [*task.header.get("hist", []), attempt_record(task, worker_id, result, "failed")]
+        requeue(job, task, {"attempt": attempt + 1, "hist": history}, delay=delay)
+        log.info("job %s failed (attempt %d of %d); retrying in %.1f s", job.id, attempt, retries + 1, delay)
+        return None
+    try:
+        commit(job, task, result)
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        # A rename needs no space: the task goes back for when writes work again.
+        log.error("cannot write the outcome of job %s (%s): re-queued it", job.id, exc.strerror)
+        requeue(job, task)
+        return f"the queue's filesystem refuses writes ({exc.strerror})"
+    return None
+
+
+class TaskLoop:
+    """Claims tasks oldest first and runs each in this process until told to stop.
+
+    ``board`` (optional) is where the loop posts which task runs, for a
+    supervising worker process; ``on_deadline`` is called when a task with a
+    timeout starts, so the supervisor wakes to enforce it.
+    """
+
+    def __init__(
+        self,
+        claimer: Claimer,
+        settings: LoopSettings,
+        *,
+        board: Board | None = None,
+        on_deadline: Callable[[], None] | None = None,
+    ) -> None:
+        self.claimer = claimer
+        self.queue = claimer.queue
+        self.worker_id = claimer.worker_id
+        self.settings = settings
+        self.board = board
+        self.on_deadline = on_deadline
+        self.jobs_done = 0
+        self._exit: LoopExit | None = None
+        self._delayed_since_look = False
+        self._watcher: DirWatcher | None = None
+
+    def stop(self, reason: str = "asked to stop", *, recycle: bool = False) -> None:
+        """End the loop after the current task (safe from a signal handler)."""
+        if self._exit is None:
+            self._exit = LoopExit(reason, recycle)
+        if self._watcher is not None:
+            self._watcher.interrupt()
+
+    def _run_one(self, job: Job) -> None:
+        task = read_claimed(job)
+        if task is None:
+            return
+        timeout = task.options.get("timeout", self.settings.timeout)
+        log.debug("running job %s (%s), attempt %s", job.id, task.header.get("fn"), task.header.get("attempt", 1))
+        board = self.board
+        if board is not None:
+            board.running(task.name, None if timeout is None else time.monotonic() + timeout)
+            if timeout is not None and self.on_deadline is not None:
+                self.on_deadline()
+        result = call_task(task, TaskContext(self.queue, task.job_id, name=task.name))
+        if board is not None:
+            board.committing(task.name)
+        reason = settle_outcome(job, task, result, self.worker_id)
+        if result.status is JobStatus.FAILED and task.options.get("retries") and reason is None:
+            self._delayed_since_look = self._delayed_since_look or bool(task.options.get("retry_delay"))
+        if reason is not None:
+            self.stop(reason)
+
+    def run(self) -> LoopExit:
+        """Serve until stopped; return why it ended."""
+        settings, claimer, storage = self.settings, self.claimer, self.queue.storage
+        watcher = self._watcher = DirWatcher(
+            [storage.local_path(layout.QUEUED)],
+            min_interval=settings.poll_interval,
+            max_interval=settings.max_poll_interval,
+        )
+        handled = 0
+        idle_since = time.monotonic()
+        board = self.board
+        try:
+            while self._exit is None:
+                if board is not None and board.supervisor_silence() > settings.supervisor_timeout:
+                    log.warning("the worker process is not responding; claiming nothing until it does")
+                    while self._exit is None and board.supervisor_silence() > settings.supervisor_timeout:
+                        watcher.wait(0.5)
+                    continue
+                next_due = claimer.promote_delayed()
+                job = claimer.claim()
+                if job is None and self._delayed_since_look:
+                    # A retry was just put off: learn its due time before idling.
+                    self._delayed_since_look = False
+                    next_due = claimer.promote_delayed(force=True)
+                    if claimer.promoted:
+                        job = claimer.claim()
+                if job is not None:
+                    watcher.reset()
+                    try:
+                        self._run_one(job)
+                    finally:
+                        if self.board is not None:
+                            self.board.idle(finished=True)
+                    self.jobs_done += 1
+                    handled += 1
+                    idle_since = time.monotonic()
+                    if settings.max_jobs is not None and self.jobs_done >= settings.max_jobs:
+                        self.stop(f"reached --max-jobs {settings.max_jobs}")
+                    elif settings.max_tasks and handled >= settings.max_tasks:
+                        self.stop("task process reached --max-tasks-per-child", recycle=True)
+                    continue
+                if settings.burst and next_due is None:
+                    self.stop("no task left (burst mode)")
+                    break
+                idle = time.monotonic() - idle_since
+                if settings.max_idle is not None and idle >= settings.max_idle:
+                    self.stop(f"idle for {settings.max_idle} s")
+                    break
+                timeouts = [60.0]
+                if settings.max_idle is not None:
+                    timeouts.append(settings.max_idle - idle)
+                if next_due is not None:
+                    timeouts.append(next_due - time.time())
+                watcher.wait(max(0.0, min(timeouts)))
+        finally:
+            self._watcher = None
+            watcher.close()
+        assert self._exit is not None
+        return self._exit

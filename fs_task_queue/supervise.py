@@ -1,0 +1,378 @@
+"""The worker's task process: started, watched, stopped and, when it ends, settled.
+
+With process isolation a worker is two processes. The *task process* claims,
+runs and commits tasks itself (:class:`~fs_task_queue.serve.TaskLoop`), so a
+task costs no hand-over between processes. The *worker process* holds the
+liveness lock and heartbeat, runs recovery and supervises: it reads which task
+runs from a shared-memory :class:`~fs_task_queue.board.Board`, kills the task
+process when a task times out, is canceled or outlives the shutdown grace, and
+afterwards settles the claims it left. A task that segfaults, calls
+``os._exit``, raises ``SystemExit`` or hits the memory limit fails with a
+recorded cause; the worker starts a new task process and goes on.
+
+The task process is forked from the worker process when that is single-threaded
+(the command-line worker always is: it is a clean template that never ran a
+task), which costs about a millisecond. Otherwise it is started as
+``python -m fs_task_queue._child``, never with multiprocessing's spawn, which
+would re-import the worker's ``__main__``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import IO, TYPE_CHECKING, Any
+
+from fs_task_queue import faults, layout
+from fs_task_queue.board import COMMITTING, RUNNING, Board, Post
+from fs_task_queue.errors import JobError, JobTimeoutError
+from fs_task_queue.execute import CallResult, failed, read_claimed, release, requeue
+from fs_task_queue.ids import job_id_of
+from fs_task_queue.serve import LoopExit, LoopSettings, TaskLoop, settle_outcome
+from fs_task_queue.status import JobStatus
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from fs_task_queue.queue import Queue
+
+__all__ = ["TaskProcess", "child_main"]
+
+log = logging.getLogger("fs_task_queue.worker")
+
+# Messages from the task process on its pipe: any number of pokes, then at most
+# one exit record, then end of file.
+_POKE = b"d"  # a task with a deadline started: wake up and time it
+_EXIT = b"x"  # followed by a pickled LoopExit
+_DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class TaskProcess:
+    """One task process of the worker ``worker_id`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        worker_id: str,
+        settings: LoopSettings,
+        *,
+        memory_limit: int | None = None,
+        queue_args: dict[str, Any] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self.settings = settings
+        self.memory_limit = memory_limit
+        self.queue_args = queue_args or {"path": queue.path}
+        self.board = Board()
+        self.exit: LoopExit | None = None
+        self.exit_code: int | None = None
+        self.forked = False
+        self._pid = 0
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._inbox = -1
+        self._received = b""
+        self._asked_to_stop = False
+
+    # ----------------------------------------------------------------- start
+    def start(self) -> None:
+        """Start the task process; it begins claiming at once."""
+        read_fd, write_fd = os.pipe()
+        fork = hasattr(os, "fork") and threading.active_count() == 1 and os.environ.get("FSQ_TASK_PROCESS") != "spawn"
+        try:
+            if fork:
+                self._fork(read_fd, write_fd)
+            else:
+                self._spawn(write_fd)
+        finally:
+            os.close(write_fd)
+        os.set_inheritable(read_fd, False)
+        self._inbox = read_fd
+
+    def _fork(self, read_fd: int, write_fd: int) -> None:
+        parent = os.getpid()
+        # Signals wait until the child has its own handlers; the worker's would
+        # otherwise run in the child if one arrived in between.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - measured through the worker tests
+                code = 70
+                try:
+                    os.close(read_fd)
+                    code = _serve(
+                        self.queue,
+                        self.worker_id,
+                        self.settings,
+                        self.board,
+                        write_fd,
+                        self.memory_limit,
+                        parent,
+                        old_mask,
+                    )
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        self._pid, self.forked = pid, True
+
+    def _spawn(self, write_fd: int) -> None:
+        import subprocess
+
+        setup_r, setup_w = os.pipe()
+        board_fd = self.board.fileno()
+        try:
+            self._popen = subprocess.Popen(
+                [sys.executable, "-m", "fs_task_queue._child", str(setup_r)],
+                pass_fds=(setup_r, write_fd, board_fd),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(setup_r)
+        self._pid = self._popen.pid
+        setup = {
+            "sys_path": list(sys.path),
+            "queue_args": self.queue_args,
+            "worker_id": self.worker_id,
+            "settings": self.settings,
+            "memory_limit": self.memory_limit,
+            "worker_pid": os.getpid(),
+            "board_fd": board_fd,
+            "message_fd": write_fd,
+            "log_level": logging.getLogger().level,
+        }
+        with os.fdopen(setup_w, "wb") as f:
+            try:
+                f.write(pickle.dumps(setup))
+            except OSError:
+                pass  # it died at once: its exit code tells why
+
+    # ----------------------------------------------------------------- watch
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def fileno(self) -> int:
+        """Readable when the task process has news (or has ended)."""
+        return self._inbox
+
+    def read(self) -> bool:
+        """Take the pending messages without blocking; False once the task process has ended."""
+        ready, _, _ = select.select([self._inbox], [], [], 0)
+        if not ready:
+            return True
+        data = os.read(self._inbox, 1 << 16)
+        if data:
+            # Pokes need no answer beyond the wake-up; keep only an exit record.
+            self._received = (self._received + data).lstrip(_POKE)
+            return True
+        if self._received.startswith(_EXIT):
+            try:
+                self.exit = pickle.loads(self._received[1:])
+            except Exception:
+                log.exception("unreadable exit record from task process %d", self._pid)
+        self.reap()
+        return False
+
+    def post(self) -> Post:
+        return self.board.read()
+
+    def ask_to_stop(self) -> None:
+        """Let the running task finish, then end (the task process claims no more)."""
+        if not self._asked_to_stop:
+            self._asked_to_stop = True
+            try:
+                os.kill(self._pid, signal.SIGUSR2)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """Kill the task process now and wait for it."""
+        try:
+            os.kill(self._pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.reap()
+
+    def reap(self) -> int | None:
+        """Wait for the ended task process; its exit code (negative: the signal)."""
+        if self.exit_code is None and self._pid:
+            if self._popen is not None:
+                self.exit_code = self._popen.wait()
+            else:
+                try:
+                    _, status = os.waitpid(self._pid, 0)
+                    self.exit_code = os.waitstatus_to_exitcode(status)
+                except ChildProcessError:
+                    self.exit_code = None
+        return self.exit_code
+
+    def close(self) -> None:
+        if self._inbox >= 0:
+            os.close(self._inbox)
+            self._inbox = -1
+        self.board.close()
+
+    # ---------------------------------------------------------------- settle
+    def settle(self, post: Post, reason: str | None, target: int) -> tuple[int, str | None]:
+        """Put every claim the ended task process left where it belongs.
+
+        ``post`` is the board as it ended; ``reason`` is why it was killed
+        ("timeout", "canceled", "shutdown") or None if it died by itself;
+        ``target`` is the board sequence number the kill was aimed at: a task
+        started after the decision is an innocent bystander. A claim whose job
+        has an outcome is released; the task that crashed or timed out fails
+        (its retries apply); any other claim goes back to the queue, not
+        counted as an attempt. Returns (jobs handled, reason to stop the worker).
+        """
+        from fs_task_queue.job import Job
+
+        queue, wid = self.queue, self.worker_id
+        storage = queue.storage
+        handled, stop = 0, None
+        for name in queue._list_tasks(layout.claimed_dir(wid)):
+            job_id = job_id_of(name)
+            job = Job(queue, job_id, name=name, claimed_by=wid)
+            queue._status_cache.pop(job_id, None)
+            if storage.exists(layout.result_path(job_id)):
+                status = queue._result_status(job_id)
+                kept = layout.failed_task_path if status is JobStatus.FAILED else layout.done_task_path
+                release(job, keep_as=kept(name))
+                handled += post.name == name and reason == "canceled"
+                continue
+            culprit = post.state == RUNNING and post.name == name
+            if culprit and (reason is None or (reason == "timeout" and post.seq == target)):
+                task = read_claimed(job)
+                if task is None:
+                    continue
+                result = self._crash_result(job_id, task.options.get("timeout", self.settings.timeout), post, reason)
+                stop = settle_outcome(job, task, result, wid) or stop
+                handled += 1
+                continue
+            if culprit and reason == "shutdown":
+                log.warning("job %s interrupted by shutdown; put back in the queue", job_id)
+            elif post.state == COMMITTING and post.name == name:
+                log.warning("task process died while writing the outcome of job %s; put it back in the queue", job_id)
+            requeue(job)
+        return handled, stop
+
+    def _crash_result(self, job_id: str, timeout: float | None, post: Post, reason: str | None) -> CallResult:
+        if reason == "timeout":
+            error: JobError = JobTimeoutError(
+                f"job {job_id} ran longer than its timeout of {timeout:g} s and was killed", job_id
+            )
+            result = failed(error, kind="timeout")
+        else:
+            cause = _describe_exit(self.exit_code)
+            hint = " (out of memory?)" if self.exit_code == -signal.SIGKILL else ""
+            error = JobError(
+                f"the process running job {job_id} died with {cause}{hint}: the task crashed it"
+                " (segfault, os._exit, killed); the worker survived",
+                job_id,
+            )
+            result = failed(error, kind="crash")
+            result.error = dict(result.error or {}, type="ProcessDied")
+        result.started, result.ended = post.started or time.time(), time.time()
+        return result
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "an unknown cause"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+# ------------------------------------------------------------ task process side
+def _become_task_process(worker_pid: int, memory_limit: int | None) -> None:
+    # The worker decides when a task stops: a SIGTERM sent to the whole job
+    # step by SLURM, or Ctrl-C in a terminal, must not kill the task directly.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+    # If the worker is SIGKILLed the task process must not live on running a
+    # task that recovery will hand to another worker.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != worker_pid:
+        os._exit(0)  # the worker died before the line above
+    faults.worker_pid = worker_pid  # a crash point kills the whole worker
+    if memory_limit:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+
+def _serve(
+    queue: Queue,
+    worker_id: str,
+    settings: LoopSettings,
+    board: Board,
+    message_fd: int,
+    memory_limit: int | None,
+    worker_pid: int,
+    mask: Any = None,
+) -> int:
+    from fs_task_queue.queue import Claimer
+
+    _become_task_process(worker_pid, memory_limit)
+    outbox: IO[bytes] = os.fdopen(message_fd, "wb", buffering=0)
+    claimer = Claimer(queue, worker_id, heartbeat=False, held_by_supervisor=True)
+    loop = TaskLoop(claimer, settings, board=board, on_deadline=lambda: _send(outbox, _POKE))
+    signal.signal(signal.SIGUSR2, lambda signum, frame: loop.stop("the worker is stopping"))
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    ended = loop.run()
+    _send(outbox, _EXIT + pickle.dumps(ended))
+    outbox.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return 0
+
+
+def _send(outbox: IO[bytes], message: bytes) -> None:
+    try:
+        outbox.write(message)
+    except OSError:
+        pass  # the worker is gone; the parent-death signal ends this process
+
+
+def child_main(setup_fd: int) -> None:
+    """Entry point of ``python -m fs_task_queue._child`` (a spawned task process)."""
+    with os.fdopen(setup_fd, "rb") as f:
+        data = f.read()
+    if not data:
+        return
+    setup = pickle.loads(data)
+    sys.path[:] = setup["sys_path"]  # import what the worker can import
+    logging.basicConfig(level=setup["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from fs_task_queue.queue import Queue
+
+    queue_args = dict(setup["queue_args"])
+    queue = Queue(queue_args.pop("path"), create=False, **queue_args)
+    board = Board.attach(setup["board_fd"])
+    code = _serve(
+        queue,
+        setup["worker_id"],
+        setup["settings"],
+        board,
+        setup["message_fd"],
+        setup["memory_limit"],
+        setup["worker_pid"],
+    )
+    sys.exit(code)
