@@ -57,7 +57,9 @@ class Task:
 
     @property
     def options(self) -> dict[str, Any]:
-        return dict(self.header.get("opt") or {})
+        """The task options given at submission (read-only)."""
+        opts: dict[str, Any] = self.header.get("opt") or {}
+        return opts
 
 
 @dataclass

@@ -36,9 +36,15 @@ _SIG = 32
 _PREFIX = 5 + _SIG + 4
 
 
+_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+# json.dumps/loads build a new encoder for any non-default option; these are reused.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
 def python_version() -> str:
     """This interpreter's major.minor, recorded with every task."""
-    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return _PYTHON
 
 
 @dataclass(frozen=True)
@@ -61,16 +67,14 @@ def _signature(key: bytes, magic: bytes, job_id: str, body: bytes | memoryview) 
     if base is None:
         base = _keyed[key] = hmac.new(key, digestmod=hashlib.sha256)
     mac = base.copy()
-    mac.update(magic)
-    mac.update(job_id.encode())
-    mac.update(b"\0")
+    mac.update(b"".join((magic, job_id.encode(), b"\0")))
     mac.update(body)
     return mac.digest()
 
 
 def seal(magic: bytes, key: bytes, job_id: str, header: dict[str, Any], payload: bytes) -> bytes:
     """Build a signed envelope for ``job_id``."""
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = _ENCODER.encode(header).encode()
     body = b"".join((len(head).to_bytes(4, "big"), head, payload))
     return b"".join((magic, _signature(key, magic, job_id, body), body))
 
@@ -102,7 +106,7 @@ def open_envelope(magic: bytes, key: bytes, job_id: str, data: bytes) -> Envelop
         )
     head_len = int.from_bytes(body[:4], "big")
     try:
-        header = json.loads(bytes(body[4 : 4 + head_len]))
+        header = _DECODER.decode(bytes(body[4 : 4 + head_len]).decode())
     except ValueError as exc:  # signed but unreadable: a bug, not an attack
         raise CorruptFileError(f"the {kind} file of job {job_id} has an unreadable header") from exc
     return Envelope(header=header, payload=bytes(body[4 + head_len :]))

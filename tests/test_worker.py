@@ -6,6 +6,7 @@ import collections
 import operator
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -264,3 +265,24 @@ def test_retries_give_up_after_the_last_attempt(queue, tmp_path):
         job.wait(timeout=WAIT)
     assert sorted(os.listdir(attempts)) == ["1", "2"]
     assert job.get_status() is JobStatus.FAILED
+
+
+def test_worker_in_a_thread_of_a_threaded_program(queue):
+    """A threaded program cannot fork safely: its worker spawns the task process and still isolates crashes."""
+    jobs = [queue.enqueue(operator.mul, i, 10) for i in range(3)]
+    crash = queue.enqueue(os._exit, 3)
+    after = queue.enqueue(operator.neg, 5)
+    worker = Worker(queue, name="threaded", max_poll_interval=0.2)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert after.wait(60) == -5
+        assert [job.result for job in jobs] == [0, 10, 20]
+        assert crash.get_status() is JobStatus.FAILED
+        assert "exit code 3" in (crash.info().error or "")
+    finally:
+        worker.stop("test over")
+        thread.join(30)
+    assert not thread.is_alive()
+    assert worker.jobs_done == 5
+    assert_unregistered(queue, "threaded")

@@ -42,6 +42,11 @@ def _load_renameat2() -> Any:
 _renameat2 = _load_renameat2()
 
 
+def _fs(path: str) -> bytes:
+    # os.fsencode without its per-call lookups (Linux file names are UTF-8 here).
+    return path.encode("utf-8", "surrogateescape")
+
+
 class LocalStorage:
     """Storage rooted at a directory of a mounted filesystem.
 
@@ -145,7 +150,7 @@ class LocalStorage:
 
     def _rename_noreplace(self, src: str, dst: str) -> None:
         if self._noreplace and _renameat2 is not None:
-            if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            if _renameat2(_AT_FDCWD, _fs(src), _AT_FDCWD, _fs(dst), _RENAME_NOREPLACE) == 0:
                 return
             err = ctypes.get_errno()
             if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):

@@ -14,11 +14,24 @@ from .faultlib import all_claimed, ends, executions, mark, registered, wait_for
 FAST = ["--recover-interval", "0.5", "--max-poll-interval", "0.2"]
 
 
-def start_worker(lab, *args: str):  # type: ignore[no-untyped-def]
-    proc = lab.worker("w", *FAST, *args)
+#: How the worker starts its task process: forked (the default for a single-threaded
+#: worker) or as ``python -m fs_task_queue._child`` (for workers embedded in threaded programs).
+START_METHODS = pytest.mark.parametrize("start", ["fork", "spawn"])
+
+
+def start_worker(lab, *args: str, start: str = "fork"):  # type: ignore[no-untyped-def]
+    proc = lab.worker("w", *FAST, *args, env={"FSQ_TASK_PROCESS": start})
     wait_for(lambda: registered(lab.path, "w") or proc.poll() is not None, what="the worker to register")
     assert proc.poll() is None, lab.procs.log(proc)
     return proc
+
+
+def task_process_command(worker_pid: int) -> str:
+    """The command line of the worker's task process (its only child)."""
+    with open(f"/proc/{worker_pid}/task/{worker_pid}/children") as f:
+        (child,) = f.read().split()
+    with open(f"/proc/{child}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
 
 
 def same_worker_alive(lab, proc) -> None:  # type: ignore[no-untyped-def]
@@ -70,8 +83,9 @@ def allocate_1g() -> int:
 
 
 @pytest.mark.timeout(90)
-def test_crashing_tasks_fail_and_the_same_worker_goes_on(lab):
-    proc = start_worker(lab, "--memory-limit", "300M")
+@START_METHODS
+def test_crashing_tasks_fail_and_the_same_worker_goes_on(lab, start):
+    proc = start_worker(lab, "--memory-limit", "300M", start=start)
     cases = {
         "segfault": (segfault, "signal SIGSEGV"),
         "os._exit(3)": (exit_3, "exit code 3"),
@@ -92,12 +106,14 @@ def test_crashing_tasks_fail_and_the_same_worker_goes_on(lab):
         print(f"{name}: {info.error.splitlines()[0][:150]}")
     same_worker_alive(lab, proc)
     assert nxt.info().worker == "w"
-    lab.tally("segfault/_exit/SystemExit/OOM tasks", {"next": nxt}, note="each FAILED with its cause; same worker")
+    note = f"each FAILED with its cause; same worker ({start}ed task process)"
+    lab.tally("segfault/_exit/SystemExit/OOM tasks", {"next": nxt}, note=note)
 
 
 @pytest.mark.timeout(60)
-def test_task_timeout_and_cancel_of_a_running_task(lab):
-    proc = start_worker(lab)
+@START_METHODS
+def test_task_timeout_and_cancel_of_a_running_task(lab, start):
+    proc = start_worker(lab, start=start)
     slow = lab.queue.enqueue_call(mark, (str(lab.fx), "slow"), {"sleep": 60, "end": True}, timeout=1)
     with pytest.raises(JobTimeoutError):
         slow.wait(60)
@@ -106,6 +122,8 @@ def test_task_timeout_and_cancel_of_a_running_task(lab):
     running = lab.queue.enqueue(mark, str(lab.fx), "cancel-me", sleep=60, end=True)
     wait_for(lambda: executions(lab.fx)["cancel-me"] == 1, what="the task to start")
     assert running.get_status() is JobStatus.STARTED
+    # Forked: a copy of the worker's own command line; spawned: the _child module.
+    assert ("fs_task_queue._child" in task_process_command(proc.pid)) == (start == "spawn")
     assert running.cancel() is True
     assert running.get_status() is JobStatus.CANCELED
     with pytest.raises(JobCanceledError):
@@ -116,7 +134,8 @@ def test_task_timeout_and_cancel_of_a_running_task(lab):
     assert ends(lab.fx)["cancel-me"] == 0 and ends(lab.fx)["slow"] == 0
     same_worker_alive(lab, proc)
     assert "killed this run" in lab.procs.log(proc)
-    lab.tally("timeout=1 and cancel() of running", {"next": nxt}, note="timeout FAILED, cancel CANCELED, killed")
+    note = f"timeout FAILED, cancel CANCELED, killed ({start}ed task process)"
+    lab.tally("timeout=1 and cancel() of running", {"next": nxt}, note=note)
 
 
 def flaky(fx: str) -> str:
