@@ -77,7 +77,8 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--isolation", choices=["process", "none"], default="process",
-        help="run each task in a reusable child process (default) or in the worker itself",
+        help="run tasks in a task process that the worker watches and restarts if a task kills it"
+        " (default), or in the worker itself",
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="default per-task timeout (default: none)")
     parser.add_argument(
@@ -85,9 +86,7 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
         help="after SIGTERM/SIGINT/SIGUSR1, how long the running task may go on before it is killed"
         " and put back in the queue; a second signal ends it at once (default: 30)",
     )  # fmt: skip
-    parser.add_argument(
-        "--max-tasks-per-child", type=int, metavar="N", help="start a fresh child process every N tasks"
-    )
+    parser.add_argument("--max-tasks-per-child", type=int, metavar="N", help="start a fresh task process every N tasks")
     parser.add_argument("--memory-limit", type=_size, metavar="SIZE", help="cap a task's memory, e.g. 4G (RLIMIT_AS)")
     parser.add_argument(
         "--dead-after", type=float, default=120.0, metavar="SECONDS",
