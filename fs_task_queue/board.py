@@ -101,11 +101,14 @@ class Board:
 
     def read(self) -> Post:
         """The current state; consistent even while the task process writes."""
-        while True:
+        for _ in range(1000):
             seq, state, done, started, deadline, length, raw = _FIELDS.unpack_from(self._map, 0)
             if seq % 2 == 0 and _SEQ.unpack_from(self._map, 0)[0] == seq:
-                name = raw[:length].decode(errors="replace")
-                return Post(seq, state, done, started or None, deadline or None, name)
+                break
+        # Still odd: the writer died between its two stores. The first one wrote
+        # every field, so they are whole; only the closing sequence bump is missing.
+        name = raw[:length].decode(errors="replace")
+        return Post(seq, state, done, started or None, deadline or None, name)
 
     def close(self) -> None:
         self._map.close()

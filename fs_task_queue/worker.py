@@ -5,9 +5,11 @@ version), touches it every ``heartbeat_interval`` seconds and stops after its
 current task when the file is deleted (or cannot be written). The first
 SIGINT/SIGTERM/SIGUSR1 makes it stop claiming and give the running task
 ``grace`` seconds to finish; then (or at a second signal) the task is killed
-and put back in the queue without counting as a failed attempt. Between tasks
-it re-queues the tasks of dead workers and sweeps temporary files left by
-clients killed mid-write.
+and put back in the queue without counting as a failed attempt. Meanwhile it
+re-queues the tasks of dead workers and sweeps temporary files left by clients
+killed mid-write. With process isolation the tasks themselves are claimed, run
+and committed by a task process that this worker process supervises
+(:mod:`fs_task_queue.supervise`).
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ class Worker:
 
     ``burst``: return when no task is left. ``max_jobs``: return after that many.
     ``max_idle``: return after that many seconds without a task.
-    ``isolation``: "process" (default: each task runs in a reusable child
+    ``isolation``: "process" (default: tasks run in a supervised task
     process, so crashes, timeouts and cancellation are contained) or "none".
     ``timeout``: default per-task timeout in seconds. ``grace``: seconds a
     running task gets to finish after SIGTERM. ``max_tasks_per_child``,
-    ``memory_limit`` (bytes): child process limits. ``dead_after``,
+    ``memory_limit`` (bytes): task process limits. ``dead_after``,
     ``max_lost``, ``recover_interval``: dead-worker recovery (see
     :mod:`fs_task_queue.recovery`). ``heartbeat_interval``: seconds between
     touches of the heartbeat file. ``poll_interval``/``max_poll_interval``: the
