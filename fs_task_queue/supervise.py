@@ -36,6 +36,7 @@ from fs_task_queue.board import COMMITTING, RUNNING, Board, Post
 from fs_task_queue.errors import JobError, JobTimeoutError
 from fs_task_queue.execute import CallResult, failed, read_claimed, release, requeue
 from fs_task_queue.ids import job_id_of
+from fs_task_queue.job import Job
 from fs_task_queue.serve import LoopExit, LoopSettings, TaskLoop, settle_outcome
 from fs_task_queue.status import JobStatus
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
     from fs_task_queue.queue import Queue
 
-__all__ = ["TaskProcess", "child_main"]
+__all__ = ["TaskProcess", "child_main", "describe_exit"]
 
 log = logging.getLogger("fs_task_queue.worker")
 
@@ -235,8 +236,6 @@ class TaskProcess:
         (its retries apply); any other claim goes back to the queue, not
         counted as an attempt. Returns (jobs handled, reason to stop the worker).
         """
-        from fs_task_queue.job import Job
-
         queue, wid = self.queue, self.worker_id
         storage = queue.storage
         handled, stop = 0, None
@@ -273,7 +272,7 @@ class TaskProcess:
             )
             result = failed(error, kind="timeout")
         else:
-            cause = _describe_exit(self.exit_code)
+            cause = describe_exit(self.exit_code)
             hint = " (out of memory?)" if self.exit_code == -signal.SIGKILL else ""
             error = JobError(
                 f"the process running job {job_id} died with {cause}{hint}: the task crashed it"
@@ -286,7 +285,8 @@ class TaskProcess:
         return result
 
 
-def _describe_exit(code: int | None) -> str:
+def describe_exit(code: int | None) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
     if code is None:
         return "an unknown cause"
     if code < 0:

@@ -35,7 +35,7 @@ from fs_task_queue.queue import Claimer, Queue, default_worker_id
 from fs_task_queue.recovery import DEFAULT_DEAD_AFTER, DEFAULT_MAX_LOST, Recoverer
 from fs_task_queue.security import check_queue_permissions
 from fs_task_queue.serve import LoopSettings, TaskLoop
-from fs_task_queue.supervise import TaskProcess, _describe_exit
+from fs_task_queue.supervise import TaskProcess, describe_exit
 from fs_task_queue.watch import DirWatcher
 
 __all__ = ["Worker"]
@@ -46,7 +46,7 @@ log = logging.getLogger("fs_task_queue.worker")
 CHECK_INTERVAL = 0.5
 
 
-def storage_has_result(queue: Queue, name: str) -> bool:
+def _has_result(queue: Queue, name: str) -> bool:
     return queue.storage.exists(layout.result_path(job_id_of(name)))
 
 
@@ -206,7 +206,7 @@ class Worker:
         # With isolation "none" the tasks run in the main thread; this thread
         # keeps the heartbeat, recovers dead workers' tasks and sweeps.
         while not self._stop.is_set():
-            wait = self._chores(recoverer, beat=not self._stop.is_set())
+            wait = self._chores(recoverer, beat=True)
             self._check_heartbeat(watcher.wait(wait))
 
     # ------------------------------------------------------------------ run
@@ -308,12 +308,12 @@ class Worker:
                     self.stop(proc.exit.reason)
                 continue
             if reason is None:
-                log.warning("task process %d died with %s", proc.pid, _describe_exit(proc.exit_code))
+                log.warning("task process %d died with %s", proc.pid, describe_exit(proc.exit_code))
                 deaths_without_work = 0 if post.done + handled else deaths_without_work + 1
                 if deaths_without_work >= 3:
                     raise WorkerError(
                         f"the task process of worker {self.id} died {deaths_without_work} times before running a"
-                        f" task (last: {_describe_exit(proc.exit_code)}); see the messages above"
+                        f" task (last: {describe_exit(proc.exit_code)}); see the messages above"
                     )
 
     def _watch(self, proc: TaskProcess, recoverer: Recoverer, watcher: DirWatcher) -> tuple[Post, str | None, int]:
@@ -346,7 +346,7 @@ class Worker:
                 # A result that appeared while the task still runs: it was
                 # canceled, or taken over by a worker that presumed this one dead.
                 last_cancel_check = now
-                if storage_has_result(self.queue, post.name) and proc.post().seq == post.seq:
+                if _has_result(self.queue, post.name) and proc.post().seq == post.seq:
                     reason = "canceled"
                     log.info(
                         "job %s got an outcome while running here (canceled, or finished by a worker that took"
