@@ -76,7 +76,6 @@ class TaskProcess:
         self.board = Board()
         self.exit: LoopExit | None = None
         self.exit_code: int | None = None
-        self.forked = False
         self._pid = 0
         self._popen: subprocess.Popen[bytes] | None = None
         self._inbox = -1
@@ -125,7 +124,7 @@ class TaskProcess:
                     os._exit(code)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        self._pid, self.forked = pid, True
+        self._pid = pid
 
     def _spawn(self, write_fd: int) -> None:
         import subprocess
