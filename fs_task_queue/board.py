@@ -22,13 +22,18 @@ __all__ = ["IDLE", "RUNNING", "COMMITTING", "Board", "Post"]
 
 IDLE, RUNNING, COMMITTING = 0, 1, 2
 
-# seq, state, tasks done, started (wall clock), deadline (monotonic, 0 = none), name length, name
-_FIELDS = struct.Struct("=QBQddH200s")
+# At 0: the sequence number; at 8: state, tasks done, started (wall clock),
+# deadline (monotonic, 0 = none), name length, name.
 _SEQ = struct.Struct("=Q")
-# Written by the worker process only (one aligned 8-byte store, so no lock):
-# when it last looked, on the monotonic clock, which all processes share.
+_BODY = struct.Struct("=BQddH200s")
+_BODY_AT = _SEQ.size
+# Written by the worker process only: when it last looked, on the monotonic
+# clock, which all processes share.
 _STAMP = struct.Struct("=d")
 _STAMP_AT = 512
+# Every store is a slice assignment of packed bytes, never struct.pack_into:
+# pack_into zeroes its target before writing it, so a reader in the other
+# process could see a zero sequence number or stamp that no writer meant.
 _SIZE = 4096
 
 
@@ -72,10 +77,12 @@ class Board:
 
     def _write(self, state: int, name: str, deadline: float | None = None, started: float = 0.0) -> None:
         raw = name.encode()
-        seq = self._seq + 1  # odd: a reader retries
-        _FIELDS.pack_into(self._map, 0, seq, state, self._done, started, deadline or 0.0, len(raw), raw)
-        self._seq = seq + 1
-        _SEQ.pack_into(self._map, 0, self._seq)
+        body = _BODY.pack(state, self._done, started, deadline or 0.0, len(raw), raw)
+        board = self._map
+        board[0:_BODY_AT] = _SEQ.pack(self._seq + 1)  # odd: a reader retries
+        board[_BODY_AT : _BODY_AT + _BODY.size] = body
+        self._seq += 2
+        board[0:_BODY_AT] = _SEQ.pack(self._seq)
 
     def running(self, name: str, deadline: float | None) -> None:
         """Post that the task file ``name`` is being run (until ``deadline``, if any)."""
@@ -92,21 +99,29 @@ class Board:
 
     def stamp(self) -> None:
         """Record that the supervising worker process is alive and looking (worker side)."""
-        _STAMP.pack_into(self._map, _STAMP_AT, time.monotonic())
+        self._map[_STAMP_AT : _STAMP_AT + _STAMP.size] = _STAMP.pack(time.monotonic())
 
     def supervisor_silence(self) -> float:
         """Seconds since the worker process last stamped the board (task process side)."""
+        # One writer, no lock: two equal reads in a row are one whole stamp.
         stamped: float = _STAMP.unpack_from(self._map, _STAMP_AT)[0]
+        for _ in range(1000):
+            again: float = _STAMP.unpack_from(self._map, _STAMP_AT)[0]
+            if again == stamped:
+                break
+            stamped = again
         return time.monotonic() - stamped
 
     def read(self) -> Post:
         """The current state; consistent even while the task process writes."""
+        board = self._map
         for _ in range(1000):
-            seq, state, done, started, deadline, length, raw = _FIELDS.unpack_from(self._map, 0)
-            if seq % 2 == 0 and _SEQ.unpack_from(self._map, 0)[0] == seq:
+            seq = _SEQ.unpack_from(board, 0)[0]
+            state, done, started, deadline, length, raw = _BODY.unpack_from(board, _BODY_AT)
+            if seq % 2 == 0 and _SEQ.unpack_from(board, 0)[0] == seq:
                 break
-        # Still odd: the writer died between its two stores. The first one wrote
-        # every field, so they are whole; only the closing sequence bump is missing.
+        # Still odd: the writer died in the middle of a post. Its fields may be
+        # mixed; the name at least is decoded leniently.
         name = raw[:length].decode(errors="replace")
         return Post(seq, state, done, started or None, deadline or None, name)
 
