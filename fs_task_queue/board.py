@@ -16,7 +16,7 @@ import mmap
 import os
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["IDLE", "RUNNING", "COMMITTING", "Board", "Post"]
 
@@ -37,8 +37,7 @@ _STAMP_AT = 512
 _SIZE = 4096
 
 
-@dataclass(frozen=True)
-class Post:
+class Post(NamedTuple):
     """One consistent reading of a board."""
 
     seq: int

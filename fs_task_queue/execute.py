@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,6 @@ from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
     from fs_task_queue.job import Job
-    from fs_task_queue.queue import Queue
 
 __all__ = [
     "CallResult",
@@ -33,6 +33,9 @@ __all__ = [
     "attempt_record",
     "call_task",
     "commit",
+    "outcome_record",
+    "publish_outcome",
+    "seal_outcome",
     "quarantine",
     "read_claimed",
     "read_task",
@@ -44,6 +47,8 @@ __all__ = [
 log = logging.getLogger("fs_task_queue.worker")
 # FSQ_HOST_ID names this host in records, as it does for liveness decisions.
 _HOST = host_name()
+# Enum .value is a property lookup; this runs for every task.
+_STATUS_TEXT = {status: status.value for status in JobStatus}
 
 
 @dataclass
@@ -180,18 +185,11 @@ def attempt_record(task: Task, worker: str | None, result: CallResult | None, ou
     return record
 
 
-def commit(job: Job, task: Task | None, result: CallResult, *, worker: str | None = None) -> bool:
-    """Publish the outcome of a claimed job and release the claim; False if it already had one.
-
-    The result file is published without replacing: if a canceler or another
-    worker (this one was presumed dead) committed first, this outcome is dropped.
-    The task file is kept: in ``failed/`` for a failed job (so it can be
-    requeued), in ``done/`` otherwise; purging the job deletes it.
-    """
-    queue = job.queue
+def outcome_record(job: Job, task: Task | None, result: CallResult, *, worker: str | None = None) -> dict[str, Any]:
+    """The header of the result file of ``job`` (what ran, when, where, how it ended)."""
     header = task.header if task is not None else {}
     record: dict[str, Any] = {
-        "status": result.status.value,
+        "status": _STATUS_TEXT[result.status],
         "id": job.id,
         "fn": header.get("fn"),
         "enq": header.get("at"),
@@ -210,7 +208,33 @@ def commit(job: Job, task: Task | None, result: CallResult, *, worker: str | Non
         record["meta"] = meta
     if result.error is not None:
         record["error"] = result.error
-    data = _outcome_bytes(queue, job.id, record, result)
+    return record
+
+
+def commit(job: Job, task: Task | None, result: CallResult, *, worker: str | None = None) -> bool:
+    """Publish the outcome of a claimed job and release the claim; False if it already had one."""
+    data = seal_outcome(job, outcome_record(job, task, result, worker=worker), result.payload)
+    return publish_outcome(job, data, failed=result.status is JobStatus.FAILED)
+
+
+def seal_outcome(job: Job, record: dict[str, Any], payload: bytes) -> bytes:
+    """The signed bytes of the result file of ``job``."""
+    from fs_task_queue.job import Outcome
+
+    return Outcome.seal(job.queue, job.id, record, payload)
+
+
+def publish_outcome(job: Job, data: bytes, *, failed: bool, on_published: Callable[[], None] | None = None) -> bool:
+    """Publish the sealed outcome ``data`` of a claimed job and release the claim; False if it already had one.
+
+    The result file is published without replacing: if a canceler or another
+    worker (this one was presumed dead) committed first, this outcome is dropped.
+    The task file is kept: in ``failed/`` for a ``failed`` job (so it can be
+    requeued), in ``done/`` otherwise; purging the job deletes it.
+    ``on_published`` is called once the result file is in place, before the
+    task file moves (a claim whose job has a result is only tidying left).
+    """
+    queue = job.queue
     crash_point("before-commit")
     try:
         queue.storage.publish(layout.result_path(job.id), data, replace=False)
@@ -219,8 +243,10 @@ def commit(job: Job, task: Task | None, result: CallResult, *, worker: str | Non
         release(job)
         return False
     crash_point("after-commit")
+    if on_published is not None:
+        on_published()
     # The task file is kept (moved, not deleted: see layout.DONE_TASKS).
-    keep = layout.failed_task_path if result.status is JobStatus.FAILED else layout.done_task_path
+    keep = layout.failed_task_path if failed else layout.done_task_path
     release(job, keep_as=keep(job._name or job.id))
     crash_point("after-release")
     return True
@@ -256,12 +282,6 @@ def requeue(job: Job, task: Task | None = None, updates: dict[str, Any] | None =
         storage.rename(claimed, target)
     except FileNotFoundError:
         log.warning("job %s was taken from this worker before it could be requeued", job.id)
-
-
-def _outcome_bytes(queue: Queue, job_id: str, record: dict[str, Any], result: CallResult) -> bytes:
-    from fs_task_queue.job import Outcome
-
-    return Outcome.seal(queue, job_id, record, result.payload)
 
 
 def release(job: Job, keep_as: str | None = None) -> None:
@@ -301,7 +321,7 @@ def quarantine(job: Job, exc: Exception) -> None:
         release(job)
     result = failed(CorruptFileError(f"{exc} (moved to {layout.QUARANTINE}/{job._name})"), kind="corrupt")
     result.started = result.ended = time.time()
-    data = _outcome_bytes(job.queue, job.id, {"status": "failed", "id": job.id, "error": result.error}, result)
+    data = seal_outcome(job, {"status": "failed", "id": job.id, "error": result.error}, result.payload)
     with contextlib.suppress(FileExistsError, OSError):
         job.queue.storage.publish(layout.result_path(job.id), data, replace=False)
 

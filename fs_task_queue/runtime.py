@@ -14,8 +14,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
@@ -34,13 +32,17 @@ PROGRESS_INTERVAL = 0.2
 
 
 class _LogStream(io.TextIOBase):
-    """A text stream that appends to a job file, opening it on the first write."""
+    """A text stream that appends to a file of the running job, opened on the first write.
 
-    def __init__(self, ctx: TaskContext, name: str) -> None:
+    One pair serves every task a process runs (made once: a stream costs more
+    to create than a no-op task takes to run); :meth:`release` ends a task's use.
+    """
+
+    def __init__(self, name: str) -> None:
         super().__init__()
-        self._ctx = ctx
         self._name = name
         self._fd = -1
+        self._owner: TaskContext | None = None
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -55,16 +57,50 @@ class _LogStream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not text:
             return 0
+        ctx = _current
+        if self._owner is not ctx:  # a task run inside a task, or one just ended
+            self.release()
         if self._fd < 0:
-            path = self._ctx.file_path(self._name)
-            self._fd = os.open(path, _APPEND, self._ctx.file_mode)
+            if ctx is None:  # written to after its task ended (a thread left behind)
+                return sys.__stderr__.write(text) if sys.__stderr__ is not None else len(text)
+            self._fd = os.open(ctx.file_path(self._name), _APPEND, ctx.file_mode)
+            self._owner = ctx
         os.write(self._fd, text.encode("utf-8", "replace"))
         return len(text)
 
     def release(self) -> None:
+        self._owner = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+_STDOUT, _STDERR = _LogStream("stdout"), _LogStream("stderr")
+
+
+class _Activation:
+    """The context manager returned by :meth:`TaskContext.activate` (a class: cheaper than a generator)."""
+
+    __slots__ = ("_ctx", "_saved")
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self._ctx = ctx
+
+    def __enter__(self) -> TaskContext:
+        global _current
+        self._saved = _current, sys.stdout, sys.stderr
+        _current, sys.stdout, sys.stderr = self._ctx, _STDOUT, _STDERR
+        return self._ctx
+
+    def __exit__(self, *exc: object) -> None:
+        global _current
+        _current, sys.stdout, sys.stderr = self._saved
+        _STDOUT.release()
+        _STDERR.release()
+        try:
+            self._ctx.flush()
+        except OSError:
+            pass  # progress is best effort; the outcome matters more
 
 
 class TaskContext:
@@ -118,23 +154,9 @@ class TaskContext:
         if self._pending is not None:
             self._write(self._pending)
 
-    @contextmanager
-    def activate(self) -> Iterator[TaskContext]:
-        """Make this the current job and capture stdout/stderr while the block runs."""
-        global _current
-        out, err = _LogStream(self, "stdout"), _LogStream(self, "stderr")
-        saved = _current, sys.stdout, sys.stderr
-        _current, sys.stdout, sys.stderr = self, out, err
-        try:
-            yield self
-        finally:
-            _current, sys.stdout, sys.stderr = saved
-            out.release()
-            err.release()
-            try:
-                self.flush()
-            except OSError:
-                pass  # progress is best effort; the outcome matters more
+    def activate(self) -> _Activation:
+        """Make this the current job and capture stdout/stderr while the ``with`` block runs."""
+        return _Activation(self)
 
 
 def current_job() -> Job | None:

@@ -55,21 +55,31 @@ class Envelope:
     payload: bytes
 
 
-_keyed: dict[bytes, hmac.HMAC] = {}
+_pads: dict[bytes, tuple[Any, Any]] = {}
 _last_function: tuple[Any, bytes] | None = None
 
 
+def _key_pads(key: bytes) -> tuple[Any, Any]:
+    # HMAC-SHA256 as RFC 2104 defines it, with the key's inner and outer pads
+    # hashed once per key: each signature is then two copies of a hash state,
+    # about twice as fast as copying an hmac.HMAC (tests check it equals hmac.new).
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+
 def _signature(key: bytes, magic: bytes, job_id: str, body: bytes | memoryview) -> bytes:
-    # HMAC-SHA256 from a copy of a per-key object whose inner and outer pads are
-    # already hashed: about 4x cheaper than hmac.new() (or hmac.digest(), which
-    # looks the algorithm up in OpenSSL on every call) for small files.
-    base = _keyed.get(key)
-    if base is None:
-        base = _keyed[key] = hmac.new(key, digestmod=hashlib.sha256)
-    mac = base.copy()
-    mac.update(b"".join((magic, job_id.encode(), b"\0")))
-    mac.update(body)
-    return mac.digest()
+    pads = _pads.get(key)
+    if pads is None:
+        pads = _pads[key] = _key_pads(key)
+    inner = pads[0].copy()
+    inner.update(b"".join((magic, job_id.encode(), b"\0")))
+    inner.update(body)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
 
 
 def seal(magic: bytes, key: bytes, job_id: str, header: dict[str, Any], payload: bytes) -> bytes:
@@ -104,12 +114,15 @@ def open_envelope(magic: bytes, key: bytes, job_id: str, data: bytes) -> Envelop
             f"the {kind} file of job {job_id} fails its signature check: it is truncated,"
             " was tampered with, was signed with another queue's key, or belongs to another job"
         )
-    head_len = int.from_bytes(body[:4], "big")
+    head_end = 4 + int.from_bytes(body[:4], "big")
     try:
-        header = _DECODER.decode(bytes(body[4 : 4 + head_len]).decode())
+        text = str(body[4:head_end], "utf-8")
+        header, end = _DECODER.raw_decode(text)
+        if type(header) is not dict or end != len(text):
+            raise ValueError("not one JSON object")
     except ValueError as exc:  # signed but unreadable: a bug, not an attack
         raise CorruptFileError(f"the {kind} file of job {job_id} has an unreadable header") from exc
-    return Envelope(header=header, payload=bytes(body[4 + head_len :]))
+    return Envelope(header=header, payload=data[5 + _SIG + head_end :])
 
 
 def _type_name(obj: Any) -> str:
@@ -132,8 +145,7 @@ def _by_reference(obj: Any) -> bytes | None:
         return None
     # Modules can only be registered by value through cloudpickle: not imported, none are.
     cp = sys.modules.get("cloudpickle.cloudpickle")
-    by_value = getattr(cp, "_PICKLE_BY_VALUE_MODULES", ())
-    if any(name.encode() in data for name in by_value):
+    if cp is not None and any(name.encode() in data for name in getattr(cp, "_PICKLE_BY_VALUE_MODULES", ())):
         return None
     return data
 

@@ -13,11 +13,22 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fs_task_queue import layout
 from fs_task_queue.board import Board
-from fs_task_queue.execute import CallResult, Task, attempt_record, call_task, commit, read_claimed, requeue
+from fs_task_queue.execute import (
+    CallResult,
+    Task,
+    attempt_record,
+    call_task,
+    outcome_record,
+    publish_outcome,
+    read_claimed,
+    release,
+    requeue,
+    seal_outcome,
+)
 from fs_task_queue.runtime import TaskContext
 from fs_task_queue.status import JobStatus
 from fs_task_queue.watch import DirWatcher
@@ -26,7 +37,7 @@ if TYPE_CHECKING:
     from fs_task_queue.job import Job
     from fs_task_queue.queue import Claimer
 
-__all__ = ["LoopExit", "LoopSettings", "TaskLoop", "settle_outcome"]
+__all__ = ["LoopExit", "LoopSettings", "OutcomeSink", "TaskLoop", "commit_outcome", "settle_outcome"]
 
 log = logging.getLogger("fs_task_queue.worker")
 
@@ -59,18 +70,37 @@ class LoopExit:
     recycle: bool = False
 
 
-def settle_outcome(job: Job, task: Task, result: CallResult, worker_id: str) -> str | None:
+class OutcomeSink(Protocol):
+    """Where a task loop hands finished outcomes to be published by another process.
+
+    The worker's task process hands them to the worker process, which seals and
+    publishes them while the task process claims and reads the next task.
+    """
+
+    def hand_over(self, job: Job, record: dict[str, Any], payload: bytes) -> None:
+        """Queue the outcome of the claimed ``job`` (see :func:`commit_outcome`) for publishing."""
+
+    #: Whether the publisher refused an outcome (full or read-only filesystem).
+    refused: bool
+
+    def wait_published(self, *, everything: bool = False) -> None:
+        """Block until the outcomes handed over are published, but for those allowed to lag."""
+
+    def in_flight(self, job_id: str) -> bool:
+        """Whether an outcome of ``job_id`` was handed over and may not be published yet."""
+
+
+def settle_outcome(
+    job: Job, task: Task, result: CallResult, worker_id: str, sink: OutcomeSink | None = None
+) -> str | None:
     """Retry or commit ``result``; return a reason to stop the worker, or None.
 
     A failed attempt with retries left goes back to the queue (after its delay)
-    with its history; otherwise the outcome is committed. An outcome that the
-    filesystem refuses (full, read-only) is not marked done: the task is
-    re-queued and the worker should stop.
+    with its history; otherwise the outcome is committed, here or by ``sink``.
     """
-    attempt = int(task.header.get("attempt", 1))
-    retries = int(task.options.get("retries", 0))
-    kind = (result.error or {}).get("kind")
-    if result.status is JobStatus.FAILED and attempt <= retries and kind not in _NO_RETRY_KINDS:
+    if result.status is JobStatus.FAILED and _retry_left(task, result):
+        attempt = int(task.header.get("attempt", 1))
+        retries = int(task.options.get("retries", 0))
         delay = float(task.options.get("retry_delay", 0.0)) * float(task.options.get("retry_backoff", 2.0)) ** (
             attempt - 1
         )
@@ -78,14 +108,35 @@ def settle_outcome(job: Job, task: Task, result: CallResult, worker_id: str) -> 
         requeue(job, task, {"attempt": attempt + 1, "hist": history}, delay=delay)
         log.info("job %s failed (attempt %d of %d); retrying in %.1f s", job.id, attempt, retries + 1, delay)
         return None
+    record = outcome_record(job, task, result, worker=worker_id)
+    if sink is not None:
+        sink.hand_over(job, record, result.payload)
+        return None
+    return commit_outcome(job, record, result.payload)
+
+
+def _retry_left(task: Task, result: CallResult) -> bool:
+    kind = (result.error or {}).get("kind")
+    return int(task.header.get("attempt", 1)) <= int(task.options.get("retries", 0)) and kind not in _NO_RETRY_KINDS
+
+
+def commit_outcome(
+    job: Job, record: dict[str, Any], payload: bytes, *, on_published: Callable[[], None] | None = None
+) -> str | None:
+    """Seal and publish an outcome (see :func:`outcome_record`); return a reason to stop the worker, or None.
+
+    An outcome that the filesystem refuses (full, read-only) is not marked
+    done: the task is re-queued and the worker should stop.
+    """
     try:
-        commit(job, task, result)
+        failed = record["status"] == JobStatus.FAILED.value
+        publish_outcome(job, seal_outcome(job, record, payload), failed=failed, on_published=on_published)
     except OSError as exc:
         if exc.errno not in _DISK_ERRORS:
             raise
         # A rename needs no space: the task goes back for when writes work again.
         log.error("cannot write the outcome of job %s (%s): re-queued it", job.id, exc.strerror)
-        requeue(job, task)
+        requeue(job)
         return f"the queue's filesystem refuses writes ({exc.strerror})"
     return None
 
@@ -95,7 +146,10 @@ class TaskLoop:
 
     ``board`` (optional) is where the loop posts which task runs, for a
     supervising worker process; ``on_deadline`` is called when a task with a
-    timeout starts, so the supervisor wakes to enforce it.
+    timeout starts, so the supervisor wakes to enforce it. With ``sink`` the
+    outcomes are published by another process: the loop claims and reads the
+    next task meanwhile, but runs it only once they are published, so a
+    worker killed at any moment has at most one task whose run is lost.
     """
 
     def __init__(
@@ -105,6 +159,7 @@ class TaskLoop:
         *,
         board: Board | None = None,
         on_deadline: Callable[[], None] | None = None,
+        sink: OutcomeSink | None = None,
     ) -> None:
         self.claimer = claimer
         self.queue = claimer.queue
@@ -112,6 +167,7 @@ class TaskLoop:
         self.settings = settings
         self.board = board
         self.on_deadline = on_deadline
+        self.sink = sink
         self.jobs_done = 0
         self._exit: LoopExit | None = None
         self._delayed_since_look = False
@@ -124,12 +180,23 @@ class TaskLoop:
         if self._watcher is not None:
             self._watcher.interrupt()
 
+    def _refused(self, job: Job) -> None:
+        # Writes fail: run nothing more (its outcome could not be kept either).
+        requeue(job)
+        self.stop("the worker process cannot write outcomes")
+
     def _run_one(self, job: Job) -> None:
         task = read_claimed(job)
         if task is None:
             return
+        if self.sink is not None:
+            self.sink.wait_published()
+            if self.sink.refused:
+                self._refused(job)
+                return
         timeout = task.options.get("timeout", self.settings.timeout)
-        log.debug("running job %s (%s), attempt %s", job.id, task.header.get("fn"), task.header.get("attempt", 1))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("running job %s (%s), attempt %s", job.id, task.header.get("fn"), task.header.get("attempt", 1))
         board = self.board
         if board is not None:
             board.running(task.name, None if timeout is None else time.monotonic() + timeout)
@@ -138,7 +205,7 @@ class TaskLoop:
         result = call_task(task, TaskContext(self.queue, task.job_id, name=task.name))
         if board is not None:
             board.committing(task.name)
-        reason = settle_outcome(job, task, result, self.worker_id)
+        reason = settle_outcome(job, task, result, self.worker_id, self.sink)
         if result.status is JobStatus.FAILED and task.options.get("retries") and reason is None:
             self._delayed_since_look = self._delayed_since_look or bool(task.options.get("retry_delay"))
         if reason is not None:
@@ -158,7 +225,10 @@ class TaskLoop:
         try:
             while self._exit is None:
                 if board is not None and board.supervisor_silence() > settings.supervisor_timeout:
-                    log.warning("the worker process is not responding; claiming nothing until it does")
+                    log.warning(
+                        "the worker process has not responded for %.1f s; claiming nothing until it does",
+                        board.supervisor_silence(),
+                    )
                     while self._exit is None and board.supervisor_silence() > settings.supervisor_timeout:
                         watcher.wait(0.5)
                     continue
@@ -170,6 +240,17 @@ class TaskLoop:
                     next_due = claimer.promote_delayed(force=True)
                     if claimer.promoted:
                         job = claimer.claim()
+                if job is not None and self.sink is not None and self.sink.in_flight(job.id):
+                    # The claim checked results/ while an outcome of this job was
+                    # on its way: a duplicate task file, or the task itself put
+                    # back because its outcome could not be written.
+                    self.sink.wait_published(everything=True)
+                    if self.queue.storage.exists(layout.result_path(job.id)):
+                        release(job)
+                        continue
+                    if self.sink.refused:
+                        self._refused(job)
+                        continue
                 if job is not None:
                     watcher.reset()
                     try:

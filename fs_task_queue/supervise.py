@@ -10,6 +10,12 @@ afterwards settles the claims it left. A task that segfaults, calls
 ``os._exit``, raises ``SystemExit`` or hits the memory limit fails with a
 recorded cause; the worker starts a new task process and goes on.
 
+The task process hands each finished outcome to the worker process over a
+pipe; the worker process seals and publishes it while the task process claims
+and reads the next task, so one worker keeps both of a machine's cores busy.
+The task process runs that next task only once the worker process acknowledges
+the publication, so a worker killed at any moment has lost at most one run.
+
 The task process is forked from the worker process when that is single-threaded
 (the command-line worker always is: it is a clean template that never ran a
 task), which costs about a millisecond. Otherwise it is started as
@@ -29,7 +35,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import IO, TYPE_CHECKING, Any
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import faults, layout
 from fs_task_queue.board import COMMITTING, RUNNING, Board, Post
@@ -37,7 +44,7 @@ from fs_task_queue.errors import JobError, JobTimeoutError
 from fs_task_queue.execute import CallResult, failed, read_claimed, release, requeue
 from fs_task_queue.ids import job_id_of
 from fs_task_queue.job import Job
-from fs_task_queue.serve import LoopExit, LoopSettings, TaskLoop, settle_outcome
+from fs_task_queue.serve import LoopExit, LoopSettings, TaskLoop, commit_outcome, settle_outcome
 from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
@@ -49,10 +56,17 @@ __all__ = ["TaskProcess", "child_main", "describe_exit"]
 
 log = logging.getLogger("fs_task_queue.worker")
 
-# Messages from the task process on its pipe: any number of pokes, then at most
-# one exit record, then end of file.
+# Messages from the task process on its pipe: any number of pokes and outcomes,
+# then at most one exit record, then end of file. The worker process answers
+# each outcome with one byte on a second pipe once it is published.
 _POKE = b"d"  # a task with a deadline started: wake up and time it
+_OUTCOME = b"c"  # 4-byte length, then a pickled (task file name, outcome record, payload)
 _EXIT = b"x"  # followed by a pickled LoopExit
+_PUBLISHED = b"k"  # acknowledgements: published (or dropped: the job had an outcome)
+_REFUSED = b"r"  # not published: the filesystem refused it; the task went back to the queue
+#: Outcomes that may still be unpublished while the task process runs the next
+#: task. 0: a run starts only after every earlier outcome is on disk.
+OUTCOMES_AHEAD = 1
 _DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -79,25 +93,35 @@ class TaskProcess:
         self._pid = 0
         self._popen: subprocess.Popen[bytes] | None = None
         self._inbox = -1
-        self._received = b""
+        self._acks = -1
+        self._received = bytearray()
         self._asked_to_stop = False
+        #: Why the worker should stop, when publishing an outcome failed (disk full...).
+        self.refused: str | None = None
+        #: A task with a deadline started since this was last cleared.
+        self.poked = False
+        self._acked = False
 
     # ----------------------------------------------------------------- start
     def start(self) -> None:
         """Start the task process; it begins claiming at once."""
         read_fd, write_fd = os.pipe()
+        ack_r, ack_w = os.pipe()
+        # An acknowledgement must never block the worker process.
+        os.set_blocking(ack_w, False)
         fork = hasattr(os, "fork") and threading.active_count() == 1 and os.environ.get("FSQ_TASK_PROCESS") != "spawn"
         try:
             if fork:
-                self._fork(read_fd, write_fd)
+                self._fork(read_fd, write_fd, ack_r, ack_w)
             else:
-                self._spawn(write_fd)
+                self._spawn(write_fd, ack_r)
         finally:
             os.close(write_fd)
-        os.set_inheritable(read_fd, False)
+            os.close(ack_r)
         self._inbox = read_fd
+        self._acks = ack_w
 
-    def _fork(self, read_fd: int, write_fd: int) -> None:
+    def _fork(self, read_fd: int, write_fd: int, ack_r: int, ack_w: int) -> None:
         parent = os.getpid()
         # Signals wait until the child has its own handlers; the worker's would
         # otherwise run in the child if one arrived in between.
@@ -108,12 +132,13 @@ class TaskProcess:
                 code = 70
                 try:
                     os.close(read_fd)
+                    os.close(ack_w)
                     code = _serve(
                         self.queue,
                         self.worker_id,
                         self.settings,
                         self.board,
-                        write_fd,
+                        _Outbox(write_fd, ack_r),
                         self.memory_limit,
                         parent,
                         old_mask,
@@ -126,7 +151,7 @@ class TaskProcess:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         self._pid = pid
 
-    def _spawn(self, write_fd: int) -> None:
+    def _spawn(self, write_fd: int, ack_fd: int) -> None:
         import subprocess
 
         setup_r, setup_w = os.pipe()
@@ -134,7 +159,7 @@ class TaskProcess:
         try:
             self._popen = subprocess.Popen(
                 [sys.executable, "-m", "fs_task_queue._child", str(setup_r)],
-                pass_fds=(setup_r, write_fd, board_fd),
+                pass_fds=(setup_r, write_fd, ack_fd, board_fd),
                 stdin=subprocess.DEVNULL,
             )
         finally:
@@ -149,6 +174,7 @@ class TaskProcess:
             "worker_pid": os.getpid(),
             "board_fd": board_fd,
             "message_fd": write_fd,
+            "ack_fd": ack_fd,
             "log_level": logging.getLogger().level,
         }
         with os.fdopen(setup_w, "wb") as f:
@@ -167,14 +193,14 @@ class TaskProcess:
         return self._inbox
 
     def read(self) -> bool:
-        """Take the pending messages without blocking; False once the task process has ended."""
+        """Handle the pending messages without blocking; False once the task process has ended."""
         ready, _, _ = select.select([self._inbox], [], [], 0)
         if not ready:
             return True
         data = os.read(self._inbox, 1 << 16)
         if data:
-            # Pokes need no answer beyond the wake-up; keep only an exit record.
-            self._received = (self._received + data).lstrip(_POKE)
+            self._received += data
+            self._handle()
             return True
         if self._received.startswith(_EXIT):
             try:
@@ -183,6 +209,59 @@ class TaskProcess:
                 log.exception("unreadable exit record from task process %d", self._pid)
         self.reap()
         return False
+
+    def drain(self) -> None:
+        """Publish the outcomes a killed task process had handed over (after :meth:`kill`)."""
+        while self._inbox >= 0 and select.select([self._inbox], [], [], 0)[0]:
+            data = os.read(self._inbox, 1 << 16)
+            if not data:
+                break
+            self._received += data
+            self._handle()
+
+    def _handle(self) -> None:
+        buf = self._received
+        at = 0
+        while at < len(buf):
+            kind = buf[at : at + 1]
+            if kind == _POKE:
+                self.poked = True
+                at += 1
+                continue
+            if kind != _OUTCOME or len(buf) < at + 5:
+                break  # an exit record (complete at end of file) or a partial message
+            end = at + 5 + int.from_bytes(buf[at + 1 : at + 5], "big")
+            if len(buf) < end:
+                break
+            self._publish(buf[at + 5 : end])
+            at = end
+        del buf[:at]
+
+    def _publish(self, message: bytearray) -> None:
+        name, record, payload = pickle.loads(message)
+        job = Job(self.queue, job_id_of(name), name=name, claimed_by=self.worker_id)
+        self._acked = False
+        try:
+            reason = commit_outcome(job, record, payload, on_published=self._ack)
+        except OSError as exc:
+            log.error("cannot publish the outcome of job %s (%s): putting it back in the queue", job.id, exc)
+            try:
+                requeue(job)
+            except OSError:
+                pass  # left claimed: recovery puts it back once this worker has gone
+            reason = f"outcomes cannot be published ({exc})"
+        finally:
+            if not self._acked:
+                self._ack(_REFUSED)
+        if reason is not None and self.refused is None:
+            self.refused = reason
+
+    def _ack(self, verdict: bytes = _PUBLISHED) -> None:
+        self._acked = True
+        try:
+            os.write(self._acks, verdict)
+        except OSError:
+            pass  # it died (its outcomes are still published), or is far behind reading
 
     def post(self) -> Post:
         return self.board.read()
@@ -218,9 +297,10 @@ class TaskProcess:
         return self.exit_code
 
     def close(self) -> None:
-        if self._inbox >= 0:
-            os.close(self._inbox)
-            self._inbox = -1
+        for fd in (self._inbox, self._acks):
+            if fd >= 0:
+                os.close(fd)
+        self._inbox = self._acks = -1
         self.board.close()
 
     # ---------------------------------------------------------------- settle
@@ -317,12 +397,58 @@ def _become_task_process(worker_pid: int, memory_limit: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
 
+class _Outbox:
+    """The task process's ends of its two pipes to the worker process."""
+
+    def __init__(self, fd: int, ack_fd: int) -> None:
+        self._fd = fd
+        self._ack_fd = ack_fd
+        self._in_flight: deque[str] = deque()  # job ids, oldest first
+        self.refused = False
+
+    def send(self, message: bytes) -> None:
+        view = memoryview(message)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            pass  # the worker is gone; the parent-death signal ends this process
+
+    def poke(self) -> None:
+        self.send(_POKE)
+
+    def hand_over(self, job: Job, record: dict[str, Any], payload: bytes) -> None:
+        # Sealing (JSON, HMAC) is left to the worker process, which has time for it.
+        message = pickle.dumps((job._name, record, payload), protocol=5)
+        self.send(b"".join((_OUTCOME, len(message).to_bytes(4, "big"), message)))
+        self._in_flight.append(job.id)
+
+    def wait_published(self, *, everything: bool = False) -> None:
+        lag = 0 if everything else OUTCOMES_AHEAD
+        while len(self._in_flight) > lag:
+            acks = os.read(self._ack_fd, 4096)
+            if not acks:
+                # The worker process is gone; its claims are left to recovery.
+                os._exit(0)
+            self.refused = self.refused or _REFUSED in acks
+            for _ in acks:
+                self._in_flight.popleft()
+
+    def in_flight(self, job_id: str) -> bool:
+        return job_id in self._in_flight
+
+    def close(self, ended: LoopExit) -> None:
+        self.send(_EXIT + pickle.dumps(ended))
+        os.close(self._fd)
+        os.close(self._ack_fd)
+
+
 def _serve(
     queue: Queue,
     worker_id: str,
     settings: LoopSettings,
     board: Board,
-    message_fd: int,
+    outbox: _Outbox,
     memory_limit: int | None,
     worker_pid: int,
     mask: Any = None,
@@ -330,25 +456,16 @@ def _serve(
     from fs_task_queue.queue import Claimer
 
     _become_task_process(worker_pid, memory_limit)
-    outbox: IO[bytes] = os.fdopen(message_fd, "wb", buffering=0)
     claimer = Claimer(queue, worker_id, heartbeat=False, held_by_supervisor=True)
-    loop = TaskLoop(claimer, settings, board=board, on_deadline=lambda: _send(outbox, _POKE))
+    loop = TaskLoop(claimer, settings, board=board, on_deadline=outbox.poke, sink=outbox)
     signal.signal(signal.SIGUSR2, lambda signum, frame: loop.stop("the worker is stopping"))
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     ended = loop.run()
-    _send(outbox, _EXIT + pickle.dumps(ended))
-    outbox.close()
+    outbox.close(ended)
     sys.stdout.flush()
     sys.stderr.flush()
     return 0
-
-
-def _send(outbox: IO[bytes], message: bytes) -> None:
-    try:
-        outbox.write(message)
-    except OSError:
-        pass  # the worker is gone; the parent-death signal ends this process
 
 
 def child_main(setup_fd: int) -> None:
@@ -370,7 +487,7 @@ def child_main(setup_fd: int) -> None:
         setup["worker_id"],
         setup["settings"],
         board,
-        setup["message_fd"],
+        _Outbox(setup["message_fd"], setup["ack_fd"]),
         setup["memory_limit"],
         setup["worker_pid"],
     )

@@ -44,10 +44,15 @@ log = logging.getLogger("fs_task_queue.worker")
 
 #: How often the worker process looks at its running task (cancellation, shutdown), seconds.
 CHECK_INTERVAL = 0.5
+#: The least time between two such looks while outcomes keep it awake, seconds.
+LOOK_INTERVAL = 0.02
 
 
 def _has_result(queue: Queue, name: str) -> bool:
-    return queue.storage.exists(layout.result_path(job_id_of(name)))
+    try:
+        return queue.storage.exists(layout.result_path(job_id_of(name)))
+    except OSError:
+        return False  # cannot tell now (a network filesystem gone away): look again later
 
 
 class Worker:
@@ -296,13 +301,20 @@ class Worker:
             proc.start()
             try:
                 post, reason, target = self._watch(proc, recoverer, watcher)
+            except BaseException:
+                proc.kill()  # never leave a task process running unsupervised
+                raise
             finally:
                 proc.reap()
-                proc.close()
+                try:
+                    proc.drain()
+                finally:
+                    proc.close()
             handled, stop = proc.settle(post, reason, target)
             self.jobs_done += post.done + handled
-            if stop:
-                self.stop(stop)
+            for why in (proc.refused, stop):
+                if why:
+                    self.stop(why)
             if proc.exit is not None:
                 if not proc.exit.recycle:
                     self.stop(proc.exit.reason)
@@ -320,39 +332,46 @@ class Worker:
         """Wait until the task process ends or must be killed: (last post, kill reason, kill target)."""
         last_cancel_check = 0.0
         inbox = (proc.fileno(),)
+        wake_at = looked = 0.0
         while True:
-            wait = min(self._chores(recoverer, beat=True), CHECK_INTERVAL)
-            proc.board.stamp()
             now = time.monotonic()
-            post = proc.post()
-            if post.deadline is not None and post.state == RUNNING:
-                wait = min(wait, post.deadline - now)
-            if self._stop.is_set():
-                proc.ask_to_stop()
-                if self._hard_deadline is not None:
-                    wait = min(wait, self._hard_deadline - now)
-            changed = watcher.wait(max(0.0, wait), also=inbox)
-            self._check_heartbeat(changed)
+            # While outcomes stream in (one per task) a full look at most every
+            # LOOK_INTERVAL keeps this process's share of each task small.
+            if now - looked >= LOOK_INTERVAL or now >= wake_at or proc.poked or self._stop.is_set():
+                looked, proc.poked = now, False
+                post = proc.post()
+                reason = None
+                if self._stop.is_set() and self._hard_deadline is not None and now >= self._hard_deadline:
+                    reason = "shutdown"
+                elif post.state == RUNNING and post.deadline is not None and now >= post.deadline:
+                    reason = "timeout"
+                elif post.state == RUNNING and now - last_cancel_check >= 1.0:
+                    # A result that appeared while the task still runs: it was
+                    # canceled, or taken over by a worker that presumed this one dead.
+                    last_cancel_check = now
+                    if _has_result(self.queue, post.name) and proc.post().seq == post.seq:
+                        reason = "canceled"
+                        log.info(
+                            "job %s got an outcome while running here (canceled, or finished by a worker that"
+                            " took it over); killed this run",
+                            job_id_of(post.name),
+                        )
+                if reason is not None:
+                    proc.kill()
+                    return proc.post(), reason, post.seq
+                wait = min(self._chores(recoverer, beat=True), CHECK_INTERVAL)
+                proc.board.stamp()
+                if post.deadline is not None and post.state == RUNNING:
+                    wait = min(wait, post.deadline - now)
+                if self._stop.is_set():
+                    proc.ask_to_stop()
+                    if self._hard_deadline is not None:
+                        wait = min(wait, self._hard_deadline - now)
+                wake_at = now + max(0.0, wait)
+            changed = watcher.wait(max(0.0, wake_at - time.monotonic()), also=inbox)
+            # Outcomes first: the task process waits for their publication.
             if not proc.read():
                 return proc.post(), None, 0
-            now = time.monotonic()
-            post = proc.post()
-            reason = None
-            if self._stop.is_set() and self._hard_deadline is not None and now >= self._hard_deadline:
-                reason = "shutdown"
-            elif post.state == RUNNING and post.deadline is not None and now >= post.deadline:
-                reason = "timeout"
-            elif post.state == RUNNING and now - last_cancel_check >= 1.0:
-                # A result that appeared while the task still runs: it was
-                # canceled, or taken over by a worker that presumed this one dead.
-                last_cancel_check = now
-                if _has_result(self.queue, post.name) and proc.post().seq == post.seq:
-                    reason = "canceled"
-                    log.info(
-                        "job %s got an outcome while running here (canceled, or finished by a worker that took"
-                        " it over); killed this run",
-                        job_id_of(post.name),
-                    )
-            if reason is not None:
-                proc.kill()
-                return proc.post(), reason, post.seq
+            if proc.refused:
+                self.stop(proc.refused)
+            self._check_heartbeat(changed)

@@ -81,12 +81,13 @@ def test_crash_at_each_step_loses_nothing(lab, point):
     drainer = lab.worker("drainer", "--burst", *FAST)
     assert lab.procs.wait(drainer) == 0, lab.procs.log(drainer)
 
-    t = lab.tally(f"crash {point}", jobs, note="re-run expected" if point == "before-commit" else "")
+    # A worker death re-runs what it held without an outcome (at least once after a
+    # death: counted, allowed): c0 if it died before publishing c0's, and the task
+    # its task process ran meanwhile, with at most one outcome still unpublished.
+    t = lab.tally(f"crash {point}", jobs, note="c0 re-run expected" if point == "before-commit" else "")
     assert not t.lost and not t.committed_twice and not t.not_finished and not t.foreign_results
-    if point == "before-commit":
-        assert t.executed_twice == ["c0"]  # at least once after a worker death: counted, allowed
-    else:
-        assert not t.executed_twice
+    assert len(t.executed_twice) <= 2
+    assert ("c0" in t.executed_twice) == (point == "before-commit")
     info = first.info()
     assert info.attempt == (2 if point in ("after-claim", "after-read", "before-commit") else 1)
     assert not names(lab.path / "queued") and not all_claimed(lab.path)
@@ -236,4 +237,4 @@ def test_task_process_claims_nothing_while_its_worker_process_is_frozen(lab):
     jobs = {"before": first, **{f"after{i}": job for i, job in enumerate(later)}}
     t = lab.tally("worker process frozen (SIGSTOP)", jobs, "task process claimed nothing; all done after SIGCONT")
     assert not t.lost and not t.executed_twice and not t.committed_twice
-    assert "not responding" in lab.procs.log(sleeper)
+    assert "has not responded" in lab.procs.log(sleeper)

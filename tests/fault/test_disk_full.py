@@ -68,9 +68,13 @@ def test_disk_full_on_submit_and_on_commit(small_fs, tmp_path, procs):
         log = procs.log(worker)
         assert "cannot write the outcome" in log and "refuses writes" in log, log
         assert executions(fx)["big"] == 1
-        assert job.get_status() is JobStatus.QUEUED  # not lost, not marked done
-        assert names(path / "results") == [] and job.id in names(path / "queued")
-        assert after.get_status() is JobStatus.QUEUED and executions(fx)["after"] == 0  # stopped claiming
+        assert job.get_status() is JobStatus.QUEUED, log  # not lost, not marked done
+        assert job.id not in names(path / "results") and job.id in names(path / "queued")
+        # The task process may have run the next task while the big outcome was being
+        # written (one outcome may lag): then its small outcome fitted. Either way it
+        # ran at most once, and nothing ran after the refusal was known.
+        ran_after = executions(fx)["after"]
+        assert (after.get_status(), ran_after) in ((JobStatus.QUEUED, 0), (JobStatus.FINISHED, 1)), log
         assert all_claimed(path) == [] and names(path / "tmp") == []
 
         ballast.unlink()

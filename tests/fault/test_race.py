@@ -94,9 +94,10 @@ def test_random_kill9_of_workers_while_draining(lab):
     t = lab.tally(
         f"nemesis: {kills} x kill -9 during {NEMESIS_TASKS} tasks",
         jobs,
-        note=f"drained in {drained:.1f} s; re-runs only from killed runs",
+        note=f"drained in {drained:.1f} s; re-runs only of tasks held by killed workers",
     )
     assert not t.lost and not t.committed_twice and not t.not_finished and not t.foreign_results
-    assert len(t.executed_twice) <= kills, "more re-executions than killed workers"
+    # Per death at most the running task and the one whose outcome was being published.
+    assert len(t.executed_twice) <= 2 * kills, "more re-executions than killed workers can explain"
     assert sum(lab.commits.snapshot().values()) == NEMESIS_TASKS
     assert names(lab.path / "queued") == []
