@@ -1,0 +1,40 @@
+"""The signature of task and result files is standard HMAC-SHA256 (RFC 2104).
+
+Workers and clients share one implementation, so a mistake in it would pass
+every round trip: these tests hold it against the standard library's hmac.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+import pytest
+
+from fs_task_queue.errors import CorruptFileError
+from fs_task_queue.serialize import RESULT_MAGIC, TASK_MAGIC, open_envelope, seal
+
+
+@pytest.mark.parametrize("key_size", [16, 32, 64, 65, 200])
+@pytest.mark.parametrize("magic", [TASK_MAGIC, RESULT_MAGIC])
+def test_envelope_signature_is_hmac_sha256_of_magic_job_id_and_body(key_size, magic):
+    key = os.urandom(key_size)
+    job_id = "20261128-050000-000000-abcdef"
+    data = seal(magic, key, job_id, {"fn": "f", "metadata": "ünïcode"}, os.urandom(300))
+    body = data[5 + 32 :]
+    expected = hmac.new(key, magic + job_id.encode() + b"\0" + body, hashlib.sha256).digest()
+    assert data[:5] == magic and data[5:37] == expected
+    env = open_envelope(magic, key, job_id, data)
+    assert env.header == {"fn": "f", "metadata": "ünïcode"}
+    assert env.payload == data[-300:]
+
+
+def test_a_header_with_trailing_bytes_is_corrupt_even_when_signed():
+    key = os.urandom(32)
+    job_id = "20261128-050000-000000-abcdef"
+    head = b'{"a":1} {"b":2}'
+    body = len(head).to_bytes(4, "big") + head
+    signature = hmac.new(key, TASK_MAGIC + job_id.encode() + b"\0" + body, hashlib.sha256).digest()
+    with pytest.raises(CorruptFileError, match="unreadable header"):
+        open_envelope(TASK_MAGIC, key, job_id, TASK_MAGIC + signature + body)
