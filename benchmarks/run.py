@@ -831,7 +831,9 @@ def render(
             f"Everything runs in a fresh temporary directory under `{where}` with default settings and no-op"
             " tasks (`operator.pos`, which workers unpickle by reference). Workers are real processes,"
             " `python -m fs_task_queue worker --path P --log-level WARNING` (with `--burst` for the drain"
-            " runs), so they include the default process isolation (each task runs in a reusable child).",
+            " runs), so they include the default process isolation (a worker process and a task process,"
+            " which run consecutive tasks at once). The package's bytecode is compiled beforehand"
+            " (`make bench` runs compileall), as an installed package's is.",
             "",
             f"- **enqueue**: {sizes.enqueue_n} tasks into a fresh queue, by a loop of `queue.enqueue(operator.pos, i)`"
             " and by `queue.map(operator.pos, items)`. Floor: a loop of open/write/close into `tmp/`"
@@ -840,7 +842,7 @@ def render(
             " disk hits all three alike.",
             f"- **drain**: {sizes.drain_n} tasks queued beforehand (copies of real task files in a fresh queue"
             " directory); the time from starting 1 or 2 burst workers until the last one exits, nothing"
-            " subtracted (interpreter start-up, worker registration and the isolation child's start are"
+            " subtracted (interpreter start-up, worker registration and the task process's start are"
             " included). Floor: `benchmarks/floor.py drain`, which lists `queued/` once and, per name,"
             " renames it to `claimed/`, reads it, writes a result to `tmp/` and renames it into `results/`.",
             f"- **idle latency**: one worker started and left idle; then {sizes.latency_samples} times (after"
@@ -859,9 +861,9 @@ def render(
             " write*, close, stat family, getdents, rename*, link*, unlink*, mkdir, rmdir, utimensat, fsync,"
             " lseek, truncate, access, readlink, chmod/chown, flock, inotify_add_watch...; the list is in"
             " `benchmarks/syscalls.py`). The full trace is parsed instead of using `strace -c` because `-y`"
-            " shows what each descriptor is: reads and writes on the socket to the isolation child, on pipes"
-            " and on inotify descriptors touch no filesystem and are listed apart, not counted (the raw count"
-            " that `strace -c` would give is stated under the breakdown).",
+            " shows what each descriptor is: reads and writes on the pipes between a worker's two"
+            " processes, on other pipes and on inotify descriptors touch no filesystem and are listed"
+            " apart, not counted (the raw count that `strace -c` would give is stated under the breakdown).",
             f"  - worker: a burst worker draining {sizes.strace_n} tasks minus one draining 0 tasks (start-up"
             f" and shut-down), divided by {sizes.strace_n}. The same against a 1-task run is stated under the"
             " breakdown: a difference would be a once-per-worker cost paid at the first task.",

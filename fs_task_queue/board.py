@@ -1,9 +1,9 @@
 """What a task process is doing, posted where its worker can read it for free.
 
-A worker's task process claims, runs and commits tasks by itself; the worker
-process only supervises it. To enforce timeouts, cancel a running task and
+A worker's task process claims and runs tasks by itself (the worker process
+publishes their outcomes). To enforce timeouts, cancel a running task and
 settle the claims of a task process that died, the worker must know which task
-runs now. Telling it over a pipe would cost two process wake-ups per task, more
+runs now. Telling it over a pipe would cost process wake-ups per task, more
 than the task's own file operations, so the task process posts its state on a
 small shared-memory *board* instead: writing it costs a few microseconds and no
 system call. Updates use a sequence lock (odd while writing) so a reader never

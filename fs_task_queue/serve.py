@@ -1,8 +1,8 @@
 """The claim -> run -> commit loop that serves tasks.
 
 With process isolation (the default) a :class:`TaskLoop` runs in the worker's
-task process, which claims, runs and commits tasks by itself while the worker
-process supervises it (:mod:`fs_task_queue.supervise`): no hand-over per task.
+task process, which claims and runs tasks and hands their outcomes to the
+worker process to publish (:mod:`fs_task_queue.supervise`).
 With ``isolation="none"`` it runs in the worker process itself.
 """
 
@@ -147,9 +147,10 @@ class TaskLoop:
     ``board`` (optional) is where the loop posts which task runs, for a
     supervising worker process; ``on_deadline`` is called when a task with a
     timeout starts, so the supervisor wakes to enforce it. With ``sink`` the
-    outcomes are published by another process: the loop claims and reads the
-    next task meanwhile, but runs it only once they are published, so a
-    worker killed at any moment has at most one task whose run is lost.
+    outcomes are published by another process while the loop goes on; it
+    runs a task only while at most one earlier outcome is unpublished, so a
+    worker killed at any moment loses at most two runs: the one in progress
+    and the one being published.
     """
 
     def __init__(

@@ -1,8 +1,8 @@
 """The worker's task process: started, watched, stopped and, when it ends, settled.
 
 With process isolation a worker is two processes. The *task process* claims,
-runs and commits tasks itself (:class:`~fs_task_queue.serve.TaskLoop`), so a
-task costs no hand-over between processes. The *worker process* holds the
+reads and runs tasks itself (:class:`~fs_task_queue.serve.TaskLoop`). The
+*worker process* publishes their outcomes, holds the
 liveness lock and heartbeat, runs recovery and supervises: it reads which task
 runs from a shared-memory :class:`~fs_task_queue.board.Board`, kills the task
 process when a task times out, is canceled or outlives the shutdown grace, and
@@ -11,10 +11,12 @@ afterwards settles the claims it left. A task that segfaults, calls
 recorded cause; the worker starts a new task process and goes on.
 
 The task process hands each finished outcome to the worker process over a
-pipe; the worker process seals and publishes it while the task process claims
-and reads the next task, so one worker keeps both of a machine's cores busy.
-The task process runs that next task only once the worker process acknowledges
-the publication, so a worker killed at any moment has lost at most one run.
+pipe; the worker process seals and publishes it while the task process claims,
+reads and runs the next task, so one worker keeps two cores busy. The worker
+process acknowledges each publication with a byte, and the task process runs
+a task only while at most :data:`OUTCOMES_AHEAD` (one) earlier outcome is
+unacknowledged: a worker killed at any moment re-runs at most the task in
+progress and the one being published.
 
 The task process is forked from the worker process when that is single-threaded
 (the command-line worker always is: it is a clean template that never ran a
