@@ -13,7 +13,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
@@ -76,7 +76,6 @@ class CallResult:
     error: dict[str, Any] | None = None
     started: float = 0.0
     ended: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_task(job: Job) -> Task:
@@ -198,7 +197,6 @@ def outcome_record(job: Job, task: Task | None, result: CallResult, *, worker: s
         "worker": worker or job._claimed_by,
         "host": _HOST,
         "attempt": int(header.get("attempt", 1)),
-        **result.extra,
     }
     history = header.get("hist")
     if history:

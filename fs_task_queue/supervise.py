@@ -31,7 +31,6 @@ import ctypes
 import logging
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
@@ -120,6 +119,7 @@ class TaskProcess:
         finally:
             os.close(write_fd)
             os.close(ack_r)
+        os.set_blocking(read_fd, False)
         self._inbox = read_fd
         self._acks = ack_w
 
@@ -196,10 +196,10 @@ class TaskProcess:
 
     def read(self) -> bool:
         """Handle the pending messages without blocking; False once the task process has ended."""
-        ready, _, _ = select.select([self._inbox], [], [], 0)
-        if not ready:
+        try:
+            data = os.read(self._inbox, 1 << 16)  # the inbox does not block
+        except BlockingIOError:
             return True
-        data = os.read(self._inbox, 1 << 16)
         if data:
             self._received += data
             self._handle()
@@ -214,8 +214,11 @@ class TaskProcess:
 
     def drain(self) -> None:
         """Publish the outcomes a killed task process had handed over (after :meth:`kill`)."""
-        while self._inbox >= 0 and select.select([self._inbox], [], [], 0)[0]:
-            data = os.read(self._inbox, 1 << 16)
+        while self._inbox >= 0:
+            try:
+                data = os.read(self._inbox, 1 << 16)
+            except BlockingIOError:
+                break
             if not data:
                 break
             self._received += data

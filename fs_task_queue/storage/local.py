@@ -126,9 +126,11 @@ class LocalStorage:
         fd = os.open(tmp, _CREATE_FLAGS, self.file_mode)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                written = os.write(fd, data)  # all of it, but for huge files or signals
+                if written < len(data):
+                    view = memoryview(data)[written:]
+                    while view:
+                        view = view[os.write(fd, view) :]
                 if self._chmod:
                     os.fchmod(fd, self.file_mode)
                 if self.durable:
