@@ -31,6 +31,8 @@ _BODY_AT = _SEQ.size
 # clock, which all processes share.
 _STAMP = struct.Struct("=d")
 _STAMP_AT = 512
+#: A post still half-written after this long (seconds) was left by a writer that died.
+_WRITER_DEAD_AFTER = 0.2
 # Every store is a slice assignment of packed bytes, never struct.pack_into:
 # pack_into zeroes its target before writing it, so a reader in the other
 # process could see a zero sequence number or stamp that no writer meant.
@@ -114,11 +116,23 @@ class Board:
     def read(self) -> Post:
         """The current state; consistent even while the task process writes."""
         board = self._map
-        for _ in range(1000):
-            seq = _SEQ.unpack_from(board, 0)[0]
-            state, done, started, deadline, length, raw = _BODY.unpack_from(board, _BODY_AT)
-            if seq % 2 == 0 and _SEQ.unpack_from(board, 0)[0] == seq:
-                break
+        give_up = 0.0
+        while True:
+            for _ in range(100):
+                seq = _SEQ.unpack_from(board, 0)[0]
+                state, done, started, deadline, length, raw = _BODY.unpack_from(board, _BODY_AT)
+                if seq % 2 == 0 and _SEQ.unpack_from(board, 0)[0] == seq:
+                    break
+            else:
+                # A post takes microseconds, unless its writer was descheduled in
+                # the middle (a busy machine) or died there: wait for the one,
+                # not forever for the other.
+                now = time.monotonic()
+                give_up = give_up or now + _WRITER_DEAD_AFTER
+                if now < give_up:
+                    time.sleep(0.0005)
+                    continue
+            break
         # Still odd: the writer died in the middle of a post. Its fields may be
         # mixed; the name at least is decoded leniently.
         name = raw[:length].decode(errors="replace")
