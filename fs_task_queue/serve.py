@@ -98,9 +98,10 @@ def settle_outcome(
     A failed attempt with retries left goes back to the queue (after its delay)
     with its history; otherwise the outcome is committed, here or by ``sink``.
     """
-    if result.status is JobStatus.FAILED and _retry_left(task, result):
-        attempt = int(task.header.get("attempt", 1))
-        retries = int(task.options.get("retries", 0))
+    attempt = retries = 0
+    if result.status is JobStatus.FAILED:  # only a failure reads the retry options
+        attempt, retries = int(task.header.get("attempt", 1)), int(task.options.get("retries", 0))
+    if attempt and attempt <= retries and (result.error or {}).get("kind") not in _NO_RETRY_KINDS:
         delay = float(task.options.get("retry_delay", 0.0)) * float(task.options.get("retry_backoff", 2.0)) ** (
             attempt - 1
         )
@@ -113,11 +114,6 @@ def settle_outcome(
         sink.hand_over(job, record, result.payload)
         return None
     return commit_outcome(job, record, result.payload)
-
-
-def _retry_left(task: Task, result: CallResult) -> bool:
-    kind = (result.error or {}).get("kind")
-    return int(task.header.get("attempt", 1)) <= int(task.options.get("retries", 0)) and kind not in _NO_RETRY_KINDS
 
 
 def commit_outcome(

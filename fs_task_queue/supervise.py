@@ -196,13 +196,7 @@ class TaskProcess:
 
     def read(self) -> bool:
         """Handle the pending messages without blocking; False once the task process has ended."""
-        try:
-            data = os.read(self._inbox, 1 << 16)  # the inbox does not block
-        except BlockingIOError:
-            return True
-        if data:
-            self._received += data
-            self._handle()
+        if self._take() is not False:
             return True
         if self._received.startswith(_EXIT):
             try:
@@ -214,15 +208,20 @@ class TaskProcess:
 
     def drain(self) -> None:
         """Publish the outcomes a killed task process had handed over (after :meth:`kill`)."""
-        while self._inbox >= 0:
-            try:
-                data = os.read(self._inbox, 1 << 16)
-            except BlockingIOError:
-                break
-            if not data:
-                break
-            self._received += data
-            self._handle()
+        while self._inbox >= 0 and self._take():
+            pass
+
+    def _take(self) -> bool | None:
+        """Read and handle what the pipe holds: True, None if nothing yet, False at its end."""
+        try:
+            data = os.read(self._inbox, 1 << 16)  # the inbox does not block
+        except BlockingIOError:
+            return None
+        if not data:
+            return False
+        self._received += data
+        self._handle()
+        return True
 
     def _handle(self) -> None:
         buf = self._received
