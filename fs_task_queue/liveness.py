@@ -71,6 +71,10 @@ def _lock(path: str) -> filelock.UnixFileLock:
     return filelock.UnixFileLock(path, fallback_to_soft=False, preserve_lock_file=True, thread_local=False)
 
 
+#: Seconds a new claimer keeps trying for its liveness lock before taking the name for taken.
+_TAKEN_AFTER = 0.5
+
+
 class AliveLock:
     """The liveness lock a claimer holds on ``claimed/<worker-id>/.alive``."""
 
@@ -84,7 +88,10 @@ class AliveLock:
             import filelock
 
             try:
-                self._lock.acquire(timeout=0)
+                # Not timeout=0: a recoverer on this host may be probing the lock
+                # (it holds it for microseconds, see probe_alive_lock) just as a
+                # new worker registers. A live holder keeps it for good.
+                self._lock.acquire(timeout=_TAKEN_AFTER, poll_interval=0.01)
             except filelock.Timeout:
                 raise FileExistsError(f"{self.path} is held by a live process") from None
 
