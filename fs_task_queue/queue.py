@@ -34,7 +34,15 @@ from fs_task_queue.ids import is_generated_id, is_task_name, job_id_of, new_orde
 from fs_task_queue.job import Job, Outcome
 from fs_task_queue.liveness import AliveLock, HostIdentity
 from fs_task_queue.progress import WorkerInfo
-from fs_task_queue.serialize import TASK_MAGIC, dumps, dumps_call, open_envelope, python_version, seal
+from fs_task_queue.serialize import (
+    TASK_MAGIC,
+    dumps,
+    dumps_call,
+    json_text,
+    open_envelope,
+    python_version,
+    seal_encoded,
+)
 from fs_task_queue.status import JobStatus
 from fs_task_queue.storage import Storage
 from fs_task_queue.storage.local import LocalStorage
@@ -291,15 +299,16 @@ class Queue:
         order = new_order_key()
         job_id = order if job_id is None else validate_job_id(job_id)
         now = _now()
-        header = {
-            "id": job_id,
-            "py": self._pyver,
-            "fn": _func_name(func),
-            "at": now,
-            "opt": options,
-            "fl": len(func_bytes),
-        }
-        data = seal(TASK_MAGIC, self._key, job_id, header, func_bytes + args_bytes)
+        fn = _func_name(func)
+        header = {"id": job_id, "py": self._pyver, "fn": fn, "at": now, "opt": options, "fl": len(func_bytes)}
+        # The header is written by hand, not by json: it is a third of a submit's
+        # Python time otherwise. Job ids are validated to characters JSON never
+        # escapes, and a float's repr is its JSON text.
+        head = (
+            f'{{"id":"{job_id}","py":"{self._pyver}","fn":{_json_name(fn)},"at":{now!r},'
+            f'"opt":{json_text(options) if options else "{}"},"fl":{len(func_bytes)}}}'
+        )
+        data = seal_encoded(TASK_MAGIC, self._key, job_id, head.encode(), func_bytes, args_bytes)
         name = task_name(order, job_id)
         if job_id != order and self.storage.exists(layout.result_path(job_id)):
             raise FileExistsError(errno.EEXIST, f"a job with id {job_id!r} already exists in {self.path}")
@@ -655,6 +664,19 @@ def default_worker_id() -> str:
     """A worker id unique across hosts and restarts: ``<host>-<pid>-<random>``."""
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)[:40] or "host"
     return f"{host}-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+_json_names: dict[str, str] = {}
+
+
+def _json_name(name: str) -> str:
+    """``name`` as a JSON string, remembered: a loop of enqueue names one function."""
+    text = _json_names.get(name)
+    if text is None:
+        if len(_json_names) > 256:
+            _json_names.clear()
+        text = _json_names[name] = json_text(name)
+    return text
 
 
 def _func_name(func: Any) -> str:

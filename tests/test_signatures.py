@@ -38,3 +38,31 @@ def test_a_header_with_trailing_bytes_is_corrupt_even_when_signed():
     signature = hmac.new(key, TASK_MAGIC + job_id.encode() + b"\0" + body, hashlib.sha256).digest()
     with pytest.raises(CorruptFileError, match="unreadable header"):
         open_envelope(TASK_MAGIC, key, job_id, TASK_MAGIC + signature + body)
+
+
+def _odd_name(x):
+    return x
+
+
+_odd_name.__qualname__ = 'quote"back\\slash ünï\ncode'
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"job_id": "run-42", "timeout": 2, "retries": 3, "retry_delay": 0.5},
+        {"metadata": {"note": 'a "quoted" \\ ünïcode\n line', "n": [1, 2.5, None]}},
+    ],
+)
+def test_a_submitted_task_header_is_the_json_of_the_header_the_client_keeps(tmp_path, options):
+    # The client writes task headers by hand for speed: what a worker parses must
+    # equal what json would have written, for awkward names and metadata too.
+    from fs_task_queue import Queue
+
+    queue = Queue(tmp_path / "q")
+    job = queue.enqueue_call(_odd_name, (1,), **options)
+    (name,) = os.listdir(tmp_path / "q" / "queued")
+    env = open_envelope(TASK_MAGIC, queue._key, job.id, (tmp_path / "q" / "queued" / name).read_bytes())
+    assert env.header == job._task_header
+    assert env.header["fn"].endswith('quote"back\\slash ünï\ncode')
