@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import json
 import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -501,7 +501,10 @@ class Claimer:
         #: The folder and liveness lock belong to a supervising worker process.
         self._held_elsewhere = held_by_supervisor
         self._touched = 0.0
-        self._batch: deque[str] = deque()
+        # The names of the last listing of queued/ as a heap: heapify is O(n)
+        # and each claim pops the oldest in O(log n), where sorting 50,000
+        # names first would cost 20 ms (as much as listing them).
+        self._batch: list[str] = []
         self._listed_at = 0.0
         self._lock: AliveLock | None = None
         self._delayed_due: float | None = 0.0
@@ -611,13 +614,13 @@ class Claimer:
             if not batch or time.monotonic() - self._listed_at > BATCH_MAX_AGE:
                 if fresh:
                     return None
-                batch.clear()
-                batch.extend(sorted(storage.listdir(layout.QUEUED)))
+                batch[:] = storage.listdir(layout.QUEUED)
+                heapq.heapify(batch)
                 self._listed_at = time.monotonic()
                 fresh = True
                 if not batch:
                     return None
-            name = batch.popleft()
+            name = heapq.heappop(batch)
             if name.startswith("."):
                 continue  # NFS silly-rename files and the like are not tasks
             if not is_task_name(name):

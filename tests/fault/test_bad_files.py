@@ -40,9 +40,9 @@ def test_client_killed_mid_write_leaves_nothing_in_queued(lab):
         for _attempt in range(3):
             client = lab.procs.start([PYTHON, "-c", BIG_CLIENT, str(lab.path)], label="big-client")
             leftover = None
-            mine = f".{client.pid}-"  # temporary names hold the writer's pid
+            mine = f"{client.pid:x}-"  # temporary names start with the writer's pid in hex
             while client.poll() is None:  # kill it the moment its temporary file exists
-                found = [n for n in names(tmp_dir) if mine in n]
+                found = [n for n in names(tmp_dir) if n.startswith(mine)]
                 if found:
                     os.kill(client.pid, signal.SIGKILL)
                     leftover = tmp_dir / found[0]
