@@ -275,9 +275,9 @@ class Queue:
         options = _options(timeout, retries, retry_delay, retry_backoff, metadata)
         func_bytes, _ = dumps_call(func, (), {})
         empty: dict[str, Any] = {}
-        # Pickle everything before publishing anything: a bad item submits nothing.
+        # Pickle (and seal) everything before publishing anything: a bad item submits nothing.
         payloads = [dumps((tuple(items), empty), "the arguments") for items in zip(*iterables, strict=False)]
-        return [self._submit(func, func_bytes, payload, options, None) for payload in payloads]
+        return self._publish([self._seal(func, func_bytes, payload, options, None) for payload in payloads])
 
     def enqueue_many(
         self, func: Callable[..., Any], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], **options: Any
@@ -286,7 +286,7 @@ class Queue:
         opts = _options(**options)
         func_bytes, _ = dumps_call(func, (), {})
         payloads = [dumps((tuple(a), dict(k)), "the arguments") for a, k in calls]
-        return [self._submit(func, func_bytes, payload, opts, None) for payload in payloads]
+        return self._publish([self._seal(func, func_bytes, payload, opts, None) for payload in payloads])
 
     def _submit(
         self,
@@ -296,6 +296,20 @@ class Queue:
         options: dict[str, Any],
         job_id: str | None,
     ) -> Job:
+        task = self._seal(func, func_bytes, args_bytes, options, job_id)
+        if job_id is not None and self.storage.exists(layout.result_path(task[0])):
+            raise FileExistsError(errno.EEXIST, f"a job with id {job_id!r} already exists in {self.path}")
+        return self._publish([task])[0]
+
+    def _seal(
+        self,
+        func: Callable[..., Any],
+        func_bytes: bytes,
+        args_bytes: bytes,
+        options: dict[str, Any],
+        job_id: str | None,
+    ) -> tuple[str, str, dict[str, Any], bytes]:
+        """A task ready to publish: (job id, file name, header, signed bytes)."""
         order = new_order_key()
         job_id = order if job_id is None else validate_job_id(job_id)
         now = _now()
@@ -309,11 +323,18 @@ class Queue:
             f'"opt":{json_text(options) if options else "{}"},"fl":{len(func_bytes)}}}'
         )
         data = seal_encoded(TASK_MAGIC, self._key, job_id, head.encode(), func_bytes, args_bytes)
-        name = task_name(order, job_id)
-        if job_id != order and self.storage.exists(layout.result_path(job_id)):
-            raise FileExistsError(errno.EEXIST, f"a job with id {job_id!r} already exists in {self.path}")
+        return job_id, task_name(order, job_id), header, data
+
+    def _publish(self, tasks: list[tuple[str, str, dict[str, Any], bytes]]) -> list[Job]:
+        """Publish sealed tasks in order; return their jobs."""
+        publish = self.storage.publish
+        done = 0
         try:
-            self.storage.publish(layout.queued_path(name), data, replace=False)
+            # Nothing but the file operations in this loop: alternating them with
+            # the Python work of sealing costs ~20 µs a task more (caches).
+            for _, name, _, data in tasks:
+                publish(layout.queued_path(name), data, replace=False)
+                done += 1
         except PermissionError as exc:
             raise QueueError(
                 f"cannot write into the queue at {self.path}: {exc.strerror}. It belongs to another"
@@ -321,12 +342,13 @@ class Queue:
             ) from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                queued = "Nothing was queued" if not done else f"The first {done} of {len(tasks)} tasks were queued"
                 raise QueueError(
-                    f"cannot submit to {self.path}: {exc.strerror}. Nothing was queued; free space"
+                    f"cannot submit to {self.path}: {exc.strerror}. {queued}; free space"
                     " or quota (or remount read-write) and submit again"
                 ) from None
             raise
-        return Job(self, job_id, name=name, header=header)
+        return [Job(self, job_id, name=name, header=header) for job_id, name, header, _ in tasks]
 
     # ------------------------------------------------------------ finding jobs
     def job(self, job_id: str) -> Job:

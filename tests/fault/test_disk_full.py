@@ -56,6 +56,15 @@ def test_disk_full_on_submit_and_on_commit(small_fs, tmp_path, procs):
         assert "Nothing was queued" in str(err.value)
         assert names(path / "queued") == [] and names(path / "tmp") == []
 
+        # A map that fills the disk part way: the error says how many went in, and they are whole.
+        with pytest.raises(QueueError, match=r"The first (\d+) of 6 tasks were queued") as err:
+            queue.map(len, [os.urandom(500_000) for _ in range(6)])
+        queued = names(path / "queued")
+        assert f"The first {len(queued)} of 6" in str(err.value) and 0 < len(queued) < 6
+        assert names(path / "tmp") == []
+        for name in queued:
+            os.unlink(path / "queued" / name)
+
         # Leave ~300 KB free: the task fits, its 700 KB result does not.
         ballast = small_fs / "ballast"
         ballast.write_bytes(b"\0" * (free_bytes(small_fs) - 300_000))
