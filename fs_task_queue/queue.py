@@ -539,16 +539,24 @@ class Claimer:
         if self._lock is not None:
             return
         storage = self.queue.storage
-        storage.mkdir(layout.claimed_dir(self.worker_id))
-        # Held for the claimer's lifetime; the kernel drops it the instant this
-        # process dies, which is how recoverers on this host know it is gone.
-        lock = AliveLock(storage, self.worker_id)
-        try:
-            lock.acquire()
-        except FileExistsError:
-            raise ValueError(
-                f"a live process already claims as {self.worker_id!r} in {self.queue.path}: pick another worker name"
-            ) from None
+        for attempt in range(3):
+            storage.mkdir(layout.claimed_dir(self.worker_id))
+            # Held for the claimer's lifetime; the kernel drops it the instant this
+            # process dies, which is how recoverers on this host know it is gone.
+            lock = AliveLock(storage, self.worker_id)
+            try:
+                lock.acquire()
+                break
+            except FileExistsError:
+                raise ValueError(
+                    f"a live process already claims as {self.worker_id!r} in {self.queue.path}:"
+                    " pick another worker name"
+                ) from None
+            except FileNotFoundError:
+                # A recoverer removed the folder of a dead claimer of this name
+                # (an earlier run) just as this one registered: make it again.
+                if attempt == 2:
+                    raise
         self._lock = lock
         identity = json.dumps({"id": self.worker_id, "pid": os.getpid(), **HostIdentity.here(storage).as_record()})
         storage.publish(layout.identity_path(self.worker_id), identity.encode(), replace=True)

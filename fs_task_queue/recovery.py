@@ -82,15 +82,22 @@ class Recoverer:
     def verdict(self, worker_id: str) -> str:
         """ "alive", "dead" or "unsure" (still watching its heartbeat)."""
         record, mtime = self.queue._worker_record(worker_id)
-        identity = self._identity(worker_id) or record
+        registered = self._identity(worker_id)
+        identity = registered or record
         if identity is not None and identity.get("host") == self.here.host:
             if identity.get("boot") and self.here.boot and identity["boot"] != self.here.boot:
                 return "dead"  # that host rebooted since: all its processes are gone
             if identity.get("dev") == self.here.dev:
                 # Same host and mount: the lock is exact, heartbeat or not.
                 held = probe_alive_lock(self.queue.storage, worker_id)
-                if held is not None:
-                    return "alive" if held else "dead"
+                if held:
+                    return "alive"
+                # A free lock means dead only once the claimer has written its
+                # identity file, which it does after taking the lock: before
+                # that it may be registering right now (between creating the
+                # lock file and locking it), so its heartbeat decides instead.
+                if held is False and registered is not None:
+                    return "dead"
         if self.wall_clock:
             return "dead" if mtime is None or time.time() - mtime > self.dead_after else "alive"
         now = time.monotonic()

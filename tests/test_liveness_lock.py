@@ -67,3 +67,33 @@ def test_a_live_holder_keeps_the_name(tmp_path):
     finally:
         live.kill()
         live.wait(10)
+
+
+def test_a_free_lock_before_the_identity_file_is_not_a_dead_worker(tmp_path):
+    # A worker registers by creating claimed/<id>/.alive, locking it, then
+    # writing claimed/<id>/.identity. A recoverer that probes between the
+    # first two steps finds the lock free: that must not make the worker dead
+    # (it would delete the worker's folder and heartbeat under it).
+    import json
+
+    from fs_task_queue.liveness import HostIdentity
+    from fs_task_queue.recovery import Recoverer
+
+    queue = Queue(tmp_path / "q")
+    here = json.dumps({"id": "w", "pid": 1, **HostIdentity.here(queue.storage).as_record()}).encode()
+    queue.storage.publish(layout.worker_path("w"), here, replace=True)  # its heartbeat, written first
+    os.close(os.open(_lock_path(queue, "w"), os.O_RDWR | os.O_CREAT, 0o600))  # lock file made, not locked yet
+    recoverer = Recoverer(queue, "me", dead_after=60)
+    assert recoverer.verdict("w") == "unsure"
+    assert recoverer.run_once() == [] and os.path.isdir(tmp_path / "q" / "claimed" / "w")
+    assert (tmp_path / "q" / "workers" / "w").exists()
+
+    # Once registered (identity written after locking), a free lock is a dead worker.
+    queue.storage.publish(layout.identity_path("w"), here, replace=True)
+    assert recoverer.verdict("w") == "dead"
+    live = _holder(_lock_path(queue, "w"), 30)
+    try:
+        assert recoverer.verdict("w") == "alive"
+    finally:
+        live.kill()
+        live.wait(10)
