@@ -584,6 +584,11 @@ class Claimer:
                 storage.rename(layout.claimed_path(self.worker_id, name), layout.queued_path(name))
             except FileNotFoundError:
                 pass
+        # The identity file goes while the lock is still held: a recoverer that
+        # finds the lock free without it does not take this claimer for dead
+        # (see Recoverer.verdict), so a clean exit is never "recovered".
+        with contextlib.suppress(FileNotFoundError):
+            storage.remove(layout.identity_path(self.worker_id))
         self._lock.release(remove=True)
         self._lock = None
         if self.heartbeat:
