@@ -255,7 +255,10 @@ class Queue:
         """
         func_bytes, args_bytes = dumps_call(func, tuple(args), dict(kwargs or {}))
         options = _options(timeout, retries, retry_delay, retry_backoff, metadata)
-        return self._submit(func, func_bytes, args_bytes, options, job_id)
+        task = self._seal(func, func_bytes, args_bytes, options, job_id)
+        if job_id is not None and self.storage.exists(layout.result_path(task[0])):
+            raise FileExistsError(errno.EEXIST, f"a job with id {job_id!r} already exists in {self.path}")
+        return self._publish([task])[0]
 
     def map(
         self,
@@ -287,19 +290,6 @@ class Queue:
         func_bytes, _ = dumps_call(func, (), {})
         payloads = [dumps((tuple(a), dict(k)), "the arguments") for a, k in calls]
         return self._publish([self._seal(func, func_bytes, payload, opts, None) for payload in payloads])
-
-    def _submit(
-        self,
-        func: Callable[..., Any],
-        func_bytes: bytes,
-        args_bytes: bytes,
-        options: dict[str, Any],
-        job_id: str | None,
-    ) -> Job:
-        task = self._seal(func, func_bytes, args_bytes, options, job_id)
-        if job_id is not None and self.storage.exists(layout.result_path(task[0])):
-            raise FileExistsError(errno.EEXIST, f"a job with id {job_id!r} already exists in {self.path}")
-        return self._publish([task])[0]
 
     def _seal(
         self,
@@ -509,7 +499,7 @@ class Queue:
 class Claimer:
     """Claims tasks for one worker, oldest first, at a cost that does not grow with the queue.
 
-    It lists ``queued/`` once into a sorted batch and claims from its head; names
+    It lists ``queued/`` once into a batch (a heap, oldest name first) and claims from it; names
     that another worker took first fail their rename and are skipped. It lists
     again when the batch runs out or is older than :data:`BATCH_MAX_AGE`.
     """

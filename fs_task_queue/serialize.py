@@ -24,10 +24,12 @@ __all__ = [
     "Envelope",
     "dumps",
     "dumps_call",
+    "json_text",
     "loads",
     "open_envelope",
     "python_version",
     "seal",
+    "seal_encoded",
 ]
 
 TASK_MAGIC = b"FSQT1"
