@@ -131,3 +131,31 @@ def test_run_in_executor(queue, worker):
             )
 
     assert asyncio.run(main()) == [27, 0.25]
+
+
+def test_map_in_chunks_runs_n_calls_per_task_in_order(queue, worker):
+    with queue.executor() as ex:
+        before = len(queue.jobs())
+        results = ex.map(operator.mul, range(10), range(10), timeout=WAIT, chunksize=3)
+        assert list(results) == [i * i for i in range(10)]
+        assert len(queue.jobs()) - before == 4  # 3 + 3 + 3 + 1 calls
+
+        # A failing call raises when its result is reached, after the ones before it.
+        got = []
+        with pytest.raises(ZeroDivisionError):
+            for value in ex.map(divide, [4, 9, 8, 1], [2, 3, 0, 1], timeout=WAIT, chunksize=2):
+                got.append(value)
+        assert got == [2, 3]
+
+        with pytest.raises(ValueError, match="chunksize must be >= 1"):
+            ex.map(abs, [1], chunksize=0)
+
+
+def test_map_submits_every_call_at_once(queue):
+    # No worker yet: every call is queued before the first result is asked for.
+    ex = queue.executor()
+    results = ex.map(operator.neg, range(5))
+    assert queue.stats()["queued"] == 5
+    run_burst(queue.path)
+    assert list(results) == [0, -1, -2, -3, -4]
+    ex.shutdown()
