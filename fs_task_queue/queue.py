@@ -60,6 +60,8 @@ _FORMAT_NAME = "fs-task-queue"
 #: A worker re-lists ``queued/`` at least this often even with names left in
 #: its batch, so re-queued (older) tasks are not stuck behind a long batch.
 BATCH_MAX_AGE = 10.0
+#: map() and enqueue_many() seal this many tasks, then write them, then the next ones.
+_SEAL_CHUNK = 256
 
 
 def _now() -> float:
@@ -280,7 +282,7 @@ class Queue:
         empty: dict[str, Any] = {}
         # Pickle (and seal) everything before publishing anything: a bad item submits nothing.
         payloads = [dumps((tuple(items), empty), "the arguments") for items in zip(*iterables, strict=False)]
-        return self._publish([self._seal(func, func_bytes, payload, options, None) for payload in payloads])
+        return self._submit_many(func, func_bytes, payloads, options)
 
     def enqueue_many(
         self, func: Callable[..., Any], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], **options: Any
@@ -289,7 +291,19 @@ class Queue:
         opts = _options(**options)
         func_bytes, _ = dumps_call(func, (), {})
         payloads = [dumps((tuple(a), dict(k)), "the arguments") for a, k in calls]
-        return self._publish([self._seal(func, func_bytes, payload, opts, None) for payload in payloads])
+        return self._submit_many(func, func_bytes, payloads, opts)
+
+    def _submit_many(
+        self, func: Callable[..., Any], func_bytes: bytes, payloads: list[bytes], options: dict[str, Any]
+    ) -> list[Job]:
+        # Sealed in chunks, each written in one tight loop (see _publish): the
+        # signed copies of large arguments are held a chunk at a time, not all.
+        jobs: list[Job] = []
+        for start in range(0, len(payloads), _SEAL_CHUNK):
+            chunk = payloads[start : start + _SEAL_CHUNK]
+            tasks = [self._seal(func, func_bytes, payload, options, None) for payload in chunk]
+            jobs += self._publish(tasks, queued_before=len(jobs), total=len(payloads))
+        return jobs
 
     def _seal(
         self,
@@ -315,8 +329,10 @@ class Queue:
         data = seal_encoded(TASK_MAGIC, self._key, job_id, head.encode(), func_bytes, args_bytes)
         return job_id, task_name(order, job_id), header, data
 
-    def _publish(self, tasks: list[tuple[str, str, dict[str, Any], bytes]]) -> list[Job]:
-        """Publish sealed tasks in order; return their jobs."""
+    def _publish(
+        self, tasks: list[tuple[str, str, dict[str, Any], bytes]], *, queued_before: int = 0, total: int = 1
+    ) -> list[Job]:
+        """Publish sealed tasks in order; return their jobs (``queued_before`` of ``total`` went in already)."""
         publish = self.storage.publish
         done = 0
         try:
@@ -332,7 +348,8 @@ class Queue:
             ) from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                queued = "Nothing was queued" if not done else f"The first {done} of {len(tasks)} tasks were queued"
+                done += queued_before
+                queued = "Nothing was queued" if not done else f"The first {done} of {total} tasks were queued"
                 raise QueueError(
                     f"cannot submit to {self.path}: {exc.strerror}. {queued}; free space"
                     " or quota (or remount read-write) and submit again"

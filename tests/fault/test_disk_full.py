@@ -64,6 +64,14 @@ def test_disk_full_on_submit_and_on_commit(small_fs, tmp_path, procs):
         assert names(path / "tmp") == []
         for name in queued:
             os.unlink(path / "queued" / name)
+        # The same past the first chunk of 256 sealed tasks (one page each: about 480 fit).
+        with pytest.raises(QueueError, match=r"The first (\d+) of 600 tasks were queued") as err:
+            queue.map(len, [os.urandom(3000) for _ in range(600)])
+        queued = names(path / "queued")
+        assert f"The first {len(queued)} of 600" in str(err.value) and 256 < len(queued) < 600
+        assert names(path / "tmp") == []
+        for name in queued:
+            os.unlink(path / "queued" / name)
 
         # Leave ~300 KB free: the task fits, its 700 KB result does not.
         ballast = small_fs / "ballast"
