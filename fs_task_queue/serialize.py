@@ -54,8 +54,8 @@ _encode_once: Any = (
 
 
 def _json(value: Any) -> str:
-    if _encode_once is None:
-        return _json(value)
+    if _encode_once is None:  # a Python without the json C accelerator
+        return _ENCODER.encode(value)
     return "".join(_encode_once(value, 0))
 
 

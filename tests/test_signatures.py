@@ -66,3 +66,13 @@ def test_a_submitted_task_header_is_the_json_of_the_header_the_client_keeps(tmp_
     env = open_envelope(TASK_MAGIC, queue._key, job.id, (tmp_path / "q" / "queued" / name).read_bytes())
     assert env.header == job._task_header
     assert env.header["fn"].endswith('quote"back\\slash ünï\ncode')
+
+
+def test_headers_encode_the_same_without_the_json_c_accelerator(monkeypatch):
+    # Pythons without json's C encoder (PyPy, some builds) take the plain path.
+    from fs_task_queue import serialize
+
+    header = {"fn": "f", "at": 1.5, "opt": {"metadata": {"k": ["ü", None]}}}
+    fast = serialize.json_text(header)
+    monkeypatch.setattr(serialize, "_encode_once", None)
+    assert serialize.json_text(header) == fast == '{"fn":"f","at":1.5,"opt":{"metadata":{"k":["\\u00fc",null]}}}'
