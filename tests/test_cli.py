@@ -226,3 +226,16 @@ def test_demo(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "demo OK" in proc.stdout
+
+
+def test_a_reader_that_stops_early_gets_no_error(queue):
+    # `fs-task-queue jobs Q | head`: the listing outgrows the pipe, the reader leaves.
+    queue.map(operator.pos, range(3000))
+    argv = [*ADMIN_SCRIPT, "jobs", str(queue.path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().split()[1] == b"queued"
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(WAIT) == 141 and err == b"", err  # 128 + SIGPIPE, like other tools, and no message
