@@ -123,7 +123,7 @@ class Inotify:
         ready, _, _ = select.select([self.fd], [], [], timeout)
         if not ready:
             return set()
-        names = set()
+        names: set[str] = set()
         try:
             data = os.read(self.fd, 1 << 16)
         except BlockingIOError:

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -131,10 +131,10 @@ class Procs:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise RuntimeError(f"{proc.args} did not finish within {timeout} s") from None
+            raise RuntimeError(f"{proc.args!r} did not finish within {timeout} s") from None
         if code not in (0, -signal.SIGTERM):
             text = Path(err.name).read_text(errors="replace")
-            raise RuntimeError(f"{proc.args} exited with {code}:\n{text[-3000:]}")
+            raise RuntimeError(f"{proc.args!r} exited with {code}:\n{text[-3000:]}")
 
     def stop(self, proc: subprocess.Popen[bytes], pid: int | None = None) -> None:
         """SIGTERM ``pid`` (default: the process itself; for a traced worker, the worker, not strace) and wait."""
@@ -597,7 +597,7 @@ def md_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(out)
 
 
-def breakdown(counts: dict[str, syscalls.Trace], divisors: dict[str, float]) -> tuple[list[str], list[list[str]]]:
+def breakdown(counts: dict[str, syscalls.Trace], divisors: Mapping[str, float]) -> tuple[list[str], list[list[str]]]:
     """Per-syscall rows (one column per trace), filesystem calls first, then the others."""
     names = list(counts)
     header = ["syscall", *names]
@@ -754,10 +754,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     ]
     if traced:
-        w, c = sc["worker"].per_task, sc["client"].per_task
+        wk, cl = sc["worker"].per_task, sc["client"].per_task
         rows += [
-            Row("worker fs syscalls / task", w, "calls", sc["floor_worker"].per_task, False, "<= 12", w <= 12),
-            Row("client fs syscalls / task", c, "calls", sc["floor_client"].per_task, False, "<= 8", c <= 8),
+            Row("worker fs syscalls / task", wk, "calls", sc["floor_worker"].per_task, False, "<= 12", wk <= 12),
+            Row("client fs syscalls / task", cl, "calls", sc["floor_client"].per_task, False, "<= 8", cl <= 8),
             Row(
                 "idle worker fs syscalls / s", idle["rate"], "ops/s", idle["floor"], False, "<= 5/s", idle["rate"] <= 5
             ),
