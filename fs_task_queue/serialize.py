@@ -53,7 +53,8 @@ _encode_once: Any = (
 )
 
 
-def _json(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """``value`` as compact JSON, the way envelope headers are encoded."""
     if _encode_once is None:  # a Python without the json C accelerator
         return _ENCODER.encode(value)
     return "".join(_encode_once(value, 0))
@@ -101,18 +102,13 @@ def _signature(key: bytes, magic: bytes, job_id: str, body: bytes | memoryview) 
 
 def seal(magic: bytes, key: bytes, job_id: str, header: dict[str, Any], payload: bytes) -> bytes:
     """Build a signed envelope for ``job_id``."""
-    return seal_encoded(magic, key, job_id, _json(header).encode(), payload)
+    return seal_encoded(magic, key, job_id, json_text(header).encode(), payload)
 
 
 def seal_encoded(magic: bytes, key: bytes, job_id: str, head: bytes, *payload: bytes) -> bytes:
     """:func:`seal` for a header already encoded as compact JSON; the payload may come in parts."""
     body = b"".join((len(head).to_bytes(4, "big"), head, *payload))
     return b"".join((magic, _signature(key, magic, job_id, body), body))
-
-
-def json_text(value: Any) -> str:
-    """``value`` as compact JSON, the way envelope headers are encoded."""
-    return _json(value)
 
 
 def open_envelope(magic: bytes, key: bytes, job_id: str, data: bytes) -> Envelope:
