@@ -50,6 +50,7 @@ import syscalls  # noqa: E402
 from fs_task_queue import Queue  # noqa: E402
 from fs_task_queue._version import __version__  # noqa: E402
 from fs_task_queue.fsinfo import filesystem_type  # noqa: E402
+from fs_task_queue.layout import SHARD_LEN, queued_path  # noqa: E402
 from fs_task_queue.queue import Claimer  # noqa: E402
 
 FLOOR_PY = str(HERE / "floor.py")
@@ -183,6 +184,12 @@ def count(path: Path) -> int:
     return sum(1 for n in os.listdir(path) if not n.startswith("."))
 
 
+def queued_files(path: Path) -> list[str]:
+    """The task files in the shard folders of a library queue's ``queued/``, oldest first."""
+    top = path / "queued"
+    return sorted(n for shard in os.listdir(top) for n in os.listdir(top / shard) if not n.startswith("."))
+
+
 # -------------------------------------------------------------------- queues
 class Templates:
     """Real task files, made once with ``queue.map`` and copied into fresh queues.
@@ -196,10 +203,10 @@ class Templates:
         self.path = root / "template"
         queue = Queue(self.path)
         queue.map(operator.pos, range(n))
-        self.names = sorted(os.listdir(self.path / "queued"))
+        self.names = queued_files(self.path)
         if len(self.names) != n:
             raise RuntimeError(f"template queue holds {len(self.names)} tasks, not {n}")
-        self.payload = (self.path / "queued" / self.names[0]).read_bytes()
+        self.payload = (self.path / queued_path(self.names[0])).read_bytes()
         self._copies = 0
 
     def clone(self, root: Path, k: int) -> Path:
@@ -207,12 +214,15 @@ class Templates:
         self._copies += 1
         dest = root / f"q{self._copies}"
         keep = set(self.names[:k])
+        shards = {name[:SHARD_LEN] for name in keep}
         src = str(self.path)
 
         def ignore(folder: str, names: list[str]) -> set[str]:
             if folder == src:
                 return set()  # key, format file, and every sub-folder
             if folder == f"{src}/queued":
+                return {n for n in names if n not in shards}
+            if folder.startswith(f"{src}/queued/"):
                 return {n for n in names if n not in keep}
             return set(names)  # other sub-folders are copied empty
 
@@ -308,8 +318,8 @@ def bench_drain(root: Path, sizes: Sizes, procs: Procs, tpl: Templates, workers:
         for proc in started:
             procs.finish(proc)
         lib.append(n / (time.perf_counter() - t))
-        if count(path / "results") != n or count(path / "queued") != 0:
-            raise RuntimeError(f"drain left {count(path / 'queued')} queued, {count(path / 'results')} results")
+        if count(path / "results") != n or queued_files(path):
+            raise RuntimeError(f"drain left {len(queued_files(path))} queued, {count(path / 'results')} results")
 
         fpath = floor_root(root, f"drain{workers}-{rep}", n, tpl.payload)
         settle()
@@ -393,7 +403,7 @@ def _claim_lib(path: Path, claims: int) -> tuple[float, float]:
 
 def _claim_floor(path: Path, claims: int) -> tuple[float, float]:
     queued, claimed = path / "queued", path / "floor-claims"
-    claimed.mkdir()
+    claimed.mkdir(exist_ok=True)
     t = time.perf_counter()
     names = sorted(os.listdir(queued))
     os.rename(f"{queued}/{names[0]}", f"{claimed}/{names[0]}")
@@ -413,16 +423,19 @@ def bench_claim(root: Path, sizes: Sizes, tpl: Templates) -> dict[int, dict[str,
     for size in (sizes.claim_small, sizes.claim_large):
         # The large queue is the template itself (copying 50,000 files costs more than it tells).
         path = tpl.path if size == len(tpl.names) else tpl.clone(root, size)
+        # The floor keeps every task in one flat folder, as the minimal protocol would.
+        fpath = floor_root(root, f"claim{size}", size, tpl.payload)
         runs: dict[str, list[float]] = {"first": [], "mean": [], "floor_first": [], "floor_mean": []}
         for _ in range(sizes.reps):
             first, mean = _claim_lib(path, sizes.claim_count)
             runs["first"].append(first)
             runs["mean"].append(mean)
-            first, mean = _claim_floor(path, sizes.claim_count)
+            first, mean = _claim_floor(fpath, sizes.claim_count)
             runs["floor_first"].append(first)
             runs["floor_mean"].append(mean)
-            if count(path / "queued") != size:
-                raise RuntimeError(f"claim benchmark left {count(path / 'queued')} tasks queued, not {size}")
+            if len(queued_files(path)) != size or count(fpath / "queued") != size:
+                raise RuntimeError(f"claim benchmark left {len(queued_files(path))} tasks queued, not {size}")
+        shutil.rmtree(fpath)
         out[size] = {k: median(v) for k, v in runs.items()}
         r = out[size]
         # What a claim costs once the listing is paid: the mean of claims 2..count.
@@ -881,13 +894,14 @@ def render(
             " task and `job.wait()` for it, 10 ms apart; time from before `enqueue` to `wait` returning."
             " Floor: an inotify-driven floor worker and a client that keeps one inotify watch on `results/`.",
             f'- **claim**: `Claimer(queue, "bench")` in this process on queues of {sizes.claim_small} and'
-            f" {sizes.claim_large} tasks; the first claim (which lists `queued/`) and the mean over the first"
-            f" {sizes.claim_count} claims (listing included, so this is the amortized cost). The claimer's"
-            " one-time registration (folder, liveness lock, identity file) is done before the clock starts."
-            " Floor: `sorted(os.listdir(queued))` then one rename per claim, on the same directory. The"
-            " *claims 2..N* rows are (mean x N - first) / (N - 1): the claim cost once the listing is paid."
-            " Over the first N claims the one listing of the whole directory is amortized over N claims"
-            " only, so a 50x bigger queue shows up in the mean even when each rename costs the same.",
+            f" {sizes.claim_large} tasks (submitted by `queue.map`, so spread over its shards as in real"
+            " use); the first claim (which lists the top of `queued/` and its oldest shards) and the mean"
+            f" over the first {sizes.claim_count} claims (listing included, so this is the amortized cost)."
+            " The claimer's one-time registration (folder, liveness lock, identity file) is done before the"
+            " clock starts. Floor: `sorted(os.listdir(queued))` then one rename per claim, on a flat floor"
+            " queue of as many tasks. The *claims 2..N* rows are (mean x N - first) / (N - 1): the claim"
+            " cost once the listing is paid. The floor lists its whole directory once, amortized over N"
+            " claims only, so a 50x bigger queue shows up in its mean even when each rename costs the same.",
             "- **filesystem syscalls** are counted with `strace -f -y` limited to file syscalls (open*, read*,"
             " write*, close, stat family, getdents, rename*, link*, unlink*, mkdir, rmdir, utimensat, fsync,"
             " lseek, truncate, access, readlink, chmod/chown, flock, inotify_add_watch...; the list is in"

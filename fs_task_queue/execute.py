@@ -22,6 +22,7 @@ from fs_task_queue.faults import crash_point
 from fs_task_queue.liveness import host_name
 from fs_task_queue.runtime import TaskContext
 from fs_task_queue.serialize import TASK_MAGIC, dumps, loads, open_envelope, python_version, seal
+from fs_task_queue.shards import move_to_queued
 from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
@@ -261,23 +262,24 @@ def requeue(job: Job, task: Task | None = None, updates: dict[str, Any] | None =
     claimed = layout.claimed_path(job._claimed_by, job._name)
     if not updates and delay <= 0:
         try:
-            storage.rename(claimed, layout.queued_path(job._name))
+            move_to_queued(storage, claimed, job._name)
         except FileNotFoundError:
             log.warning("job %s was taken from this worker before it could be requeued", job.id)
         return
     assert task is not None, "a task is needed to rewrite its header"
     header = {**task.header, **(updates or {})}
-    target = layout.queued_path(job._name)
     if delay > 0:
         header["nb"] = time.time() + delay
-        target = layout.delayed_path(job._name)
         storage.mkdir(layout.DELAYED)
     # Rewrite the claimed file in place, then move it with one rename: the task
     # exists as exactly one file at every instant, so a crash in between leaves
     # it to recovery and never makes a second copy.
     storage.publish(claimed, seal(TASK_MAGIC, job.queue._key, job.id, header, task.payload), replace=True)
     try:
-        storage.rename(claimed, target)
+        if delay > 0:
+            storage.rename(claimed, layout.delayed_path(job._name))
+        else:
+            move_to_queued(storage, claimed, job._name)
     except FileNotFoundError:
         log.warning("job %s was taken from this worker before it could be requeued", job.id)
 

@@ -31,6 +31,8 @@ __all__ = [
     "job_dir",
     "job_file",
     "queued_path",
+    "queued_shard",
+    "SHARD_LEN",
     "result_path",
     "worker_path",
 ]
@@ -54,8 +56,19 @@ IDENTITY_FILE = ".identity"
 SUBDIRS = (QUEUED, DELAYED, CLAIMED, RESULTS, FAILED_TASKS, DONE_TASKS, JOBS, WORKERS, TMP, QUARANTINE)
 
 
+#: Length of a shard's name: the first 17 characters of an order key
+#: (``YYYYMMDD-HHMMSS-d``), so one shard holds a tenth of a second of submissions.
+SHARD_LEN = 17
+
+
+def queued_shard(name: str) -> str:
+    """The shard folder in ``queued/`` that holds the task file ``name``."""
+    return f"{QUEUED}/{name[:SHARD_LEN]}"
+
+
 def queued_path(name: str) -> str:
-    return f"{QUEUED}/{name}"
+    """Where the task file ``name`` waits: ``queued/<shard>/<name>`` (see :mod:`fs_task_queue.shards`)."""
+    return f"{QUEUED}/{name[:SHARD_LEN]}/{name}"
 
 
 def claimed_dir(worker_id: str) -> str:

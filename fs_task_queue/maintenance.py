@@ -10,6 +10,7 @@ from fs_task_queue import layout
 from fs_task_queue.errors import FSQError, NoSuchJobError
 from fs_task_queue.ids import job_id_of
 from fs_task_queue.serialize import TASK_MAGIC, open_envelope, seal
+from fs_task_queue.shards import publish_queued
 from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
@@ -112,9 +113,7 @@ def requeue_failed(queue: Queue, job_ids: list[str] | None = None) -> list[str]:
         queue._status_cache.pop(job_id, None)
         storage.remove_tree(layout.job_dir(job_id))
         try:
-            storage.publish(
-                layout.queued_path(name), seal(TASK_MAGIC, queue._key, job_id, header, env.payload), replace=False
-            )
+            publish_queued(storage, name, seal(TASK_MAGIC, queue._key, job_id, header, env.payload))
         except FileExistsError:
             pass
         storage.remove(layout.failed_task_path(name))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import heapq
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from fs_task_queue import layout
 from fs_task_queue._version import __version__
 from fs_task_queue.errors import CorruptFileError, QueueError
 from fs_task_queue.faults import crash_point
-from fs_task_queue.ids import is_generated_id, is_task_name, job_id_of, new_order_key, task_name, validate_job_id
+from fs_task_queue.ids import is_generated_id, job_id_of, new_order_key, task_name, validate_job_id
 from fs_task_queue.job import Job, Outcome
 from fs_task_queue.liveness import AliveLock, HostIdentity
 from fs_task_queue.progress import WorkerInfo
@@ -43,6 +42,7 @@ from fs_task_queue.serialize import (
     python_version,
     seal_encoded,
 )
+from fs_task_queue.shards import Backlog, move_to_queued, publish_queued, queued_names
 from fs_task_queue.status import JobStatus
 from fs_task_queue.storage import Storage
 from fs_task_queue.storage.local import LocalStorage
@@ -57,9 +57,6 @@ log = logging.getLogger("fs_task_queue.worker")
 
 FORMAT_VERSION = 1
 _FORMAT_NAME = "fs-task-queue"
-#: A worker re-lists ``queued/`` at least this often even with names left in
-#: its batch, so re-queued (older) tasks are not stuck behind a long batch.
-BATCH_MAX_AGE = 10.0
 #: map() and enqueue_many() seal this many tasks, then write them, then the next ones.
 _SEAL_CHUNK = 256
 
@@ -130,7 +127,8 @@ class Queue:
         """
         watcher: DirWatcher | None = getattr(self._watchers, directory, None)
         if watcher is None:
-            watcher = DirWatcher([self.storage.local_path(directory)])
+            # queued/ holds its tasks in shard folders: watch those too.
+            watcher = DirWatcher([self.storage.local_path(directory)], nested=directory == layout.QUEUED)
             setattr(self._watchers, directory, watcher)
         watcher.reset()
         return watcher
@@ -333,13 +331,13 @@ class Queue:
         self, tasks: list[tuple[str, str, dict[str, Any], bytes]], *, queued_before: int = 0, total: int = 1
     ) -> list[Job]:
         """Publish sealed tasks in order; return their jobs (``queued_before`` of ``total`` went in already)."""
-        publish = self.storage.publish
+        storage = self.storage
         done = 0
         try:
             # Nothing but the file operations in this loop: alternating them with
             # the Python work of sealing costs ~20 µs a task more (caches).
             for _, name, _, data in tasks:
-                publish(layout.queued_path(name), data, replace=False)
+                publish_queued(storage, name, data)
                 done += 1
         except PermissionError as exc:
             raise QueueError(
@@ -373,7 +371,7 @@ class Queue:
         wanted = JobStatus(status) if status is not None else None
         out: list[Job] = []
         if wanted in (None, JobStatus.QUEUED):
-            waiting = self._list_tasks(layout.QUEUED) + self._list_tasks(layout.DELAYED)
+            waiting = queued_names(self.storage) + self._list_tasks(layout.DELAYED)
             out += [Job(self, job_id_of(n), name=n) for n in sorted(waiting)]
         if wanted in (None, JobStatus.STARTED):
             for worker_id in self._list(layout.CLAIMED):
@@ -389,7 +387,7 @@ class Queue:
     def stats(self) -> dict[str, int]:
         """Counts of jobs per state: queued, started, finished, failed, canceled (and workers)."""
         counts = {s.value: 0 for s in JobStatus}
-        waiting = len(self._list_tasks(layout.QUEUED)) + len(self._list_tasks(layout.DELAYED))
+        waiting = len(queued_names(self.storage)) + len(self._list_tasks(layout.DELAYED))
         counts[JobStatus.QUEUED.value] = waiting
         counts[JobStatus.STARTED.value] = sum(
             len(self._list_tasks(layout.claimed_dir(w))) for w in self._list(layout.CLAIMED)
@@ -461,15 +459,14 @@ class Queue:
 
     def _find_task(self, job_id: str) -> tuple[str, str | None] | None:
         """Where the task file of ``job_id`` is: (name, worker id or None if queued or delayed)."""
-        for folder in (layout.QUEUED, layout.DELAYED):
-            if is_generated_id(job_id):
-                if self.storage.exists(f"{folder}/{job_id}"):
-                    return job_id, None
-            else:
-                suffix = f".{job_id}"
-                for name in self._list(folder):
-                    if name.endswith(suffix):
-                        return name, None
+        if is_generated_id(job_id):
+            if self.storage.exists(layout.queued_path(job_id)) or self.storage.exists(layout.delayed_path(job_id)):
+                return job_id, None
+        else:
+            suffix = f".{job_id}"
+            for name in queued_names(self.storage) + self._list(layout.DELAYED):
+                if name.endswith(suffix):
+                    return name, None
         for worker_id in self._list(layout.CLAIMED):
             for name in self._list(layout.claimed_dir(worker_id)):
                 if job_id_of(name) == job_id:
@@ -516,9 +513,10 @@ class Queue:
 class Claimer:
     """Claims tasks for one worker, oldest first, at a cost that does not grow with the queue.
 
-    It lists ``queued/`` once into a batch (a heap, oldest name first) and claims from it; names
-    that another worker took first fail their rename and are skipped. It lists
-    again when the batch runs out or is older than :data:`BATCH_MAX_AGE`.
+    Its :class:`~fs_task_queue.shards.Backlog` lists the oldest shards of
+    ``queued/`` into a batch and hands out names oldest first; names that another
+    worker took first fail their rename and are skipped. It lists again when the
+    batch runs out or is older than :data:`~fs_task_queue.shards.BATCH_MAX_AGE`.
     """
 
     def __init__(
@@ -530,11 +528,7 @@ class Claimer:
         #: The folder and liveness lock belong to a supervising worker process.
         self._held_elsewhere = held_by_supervisor
         self._touched = 0.0
-        # The names of the last listing of queued/ as a heap: heapify is O(n)
-        # and each claim pops the oldest in O(log n), where sorting 50,000
-        # names first would cost 20 ms (as much as listing them).
-        self._batch: list[str] = []
-        self._listed_at = 0.0
+        self._backlog = Backlog(queue.storage, self._quarantine_foreign)
         self._lock: AliveLock | None = None
         self._delayed_due: float | None = 0.0
         self._delayed_checked = 0.0
@@ -588,7 +582,7 @@ class Claimer:
         storage = self.queue.storage
         for name in self.queue._list_tasks(layout.claimed_dir(self.worker_id)):
             try:
-                storage.rename(layout.claimed_path(self.worker_id, name), layout.queued_path(name))
+                move_to_queued(storage, layout.claimed_path(self.worker_id, name), name)
             except FileNotFoundError:
                 pass
         # The identity file goes while the lock is still held: a recoverer that
@@ -630,8 +624,8 @@ class Claimer:
                 due = 0.0  # let the claim path quarantine it
             if due <= now:
                 try:
-                    storage.rename(layout.delayed_path(name), layout.queued_path(name))
-                    self._batch.clear()  # an old name: list again so it goes first
+                    move_to_queued(storage, layout.delayed_path(name), name)
+                    self._backlog.clear()  # an old name: list again so it goes first
                     self.promoted += 1
                 except FileNotFoundError:
                     pass
@@ -642,7 +636,7 @@ class Claimer:
 
     def refresh(self) -> None:
         """Forget the batch so the next claim lists ``queued/`` again."""
-        self._batch.clear()
+        self._backlog.clear()
 
     def claim(self) -> Job | None:
         """Claim the oldest available task, or return None if there is none."""
@@ -650,24 +644,9 @@ class Claimer:
         if self._lock is None and not self._held_elsewhere:
             self.register()
         self._beat()
-        batch = self._batch
-        fresh = False
-        while True:
-            if not batch or time.monotonic() - self._listed_at > BATCH_MAX_AGE:
-                if fresh:
-                    return None
-                batch[:] = storage.listdir(layout.QUEUED)
-                heapq.heapify(batch)
-                self._listed_at = time.monotonic()
-                fresh = True
-                if not batch:
-                    return None
-            name = heapq.heappop(batch)
-            if name.startswith("."):
-                continue  # NFS silly-rename files and the like are not tasks
-            if not is_task_name(name):
-                self._quarantine_foreign(name)
-                continue
+        backlog = self._backlog
+        backlog.new_round()
+        while (name := backlog.pop()) is not None:
             claimed = layout.claimed_path(self.worker_id, name)
             try:
                 storage.rename(layout.queued_path(name), claimed)
@@ -681,15 +660,17 @@ class Claimer:
                 _remove_quietly(storage, claimed)
                 continue
             return Job(self.queue, job_id, name=name, claimed_by=self.worker_id)
+        return None
 
-    def _quarantine_foreign(self, name: str) -> None:
-        # A name no client would write: move it aside (never read it) so it
-        # cannot stall the queue, and say so once.
+    def _quarantine_foreign(self, path: str) -> None:
+        # A name no client would write (``path`` is under queued/): move it
+        # aside, never read it, so it cannot stall the queue, and say so once.
+        target = f"{layout.QUARANTINE}/{path.rpartition('/')[2]}"
         try:
-            self.queue.storage.rename(layout.queued_path(name), f"{layout.QUARANTINE}/{name}")
+            self.queue.storage.rename(f"{layout.QUEUED}/{path}", target)
         except OSError:
             return
-        log.warning("moved foreign file queued/%s to %s/ (not a task file name)", name, layout.QUARANTINE)
+        log.warning("moved foreign file queued/%s to %s/ (not a task file name)", path, layout.QUARANTINE)
 
     def __iter__(self) -> Iterator[Job]:
         while (job := self.claim()) is not None:

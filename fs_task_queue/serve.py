@@ -213,6 +213,7 @@ class TaskLoop:
         settings, claimer, storage = self.settings, self.claimer, self.queue.storage
         watcher = self._watcher = DirWatcher(
             [storage.local_path(layout.QUEUED)],
+            nested=True,  # tasks arrive in the shard folders of queued/
             min_interval=settings.poll_interval,
             max_interval=settings.max_poll_interval,
         )

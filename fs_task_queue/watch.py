@@ -11,6 +11,7 @@ filesystem (a safety net), and on a backoff from ``min_interval`` to
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import select
 import struct
@@ -25,6 +26,8 @@ _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 _IN_MASK = 0x00000004 | 0x00000080 | 0x00000100 | 0x00000200 | 0x00000040
 # IN_ATTRIB | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM
+_IN_NEW = 0x00000100 | 0x00000080  # IN_CREATE | IN_MOVED_TO
+_IN_ISDIR = 0x40000000
 _EVENT = struct.Struct("iIII")
 
 
@@ -45,9 +48,10 @@ class DirWatcher:
     """Wait until something may have changed in a set of directories.
 
     ``dirs`` are OS paths (or None where the storage is not mounted, e.g. SFTP,
-    which makes the watcher poll). Call :meth:`reset` after finding work so the
-    polling backoff starts short again. Use as a context manager or call
-    :meth:`close`.
+    which makes the watcher poll). With ``nested=True`` it also watches the
+    folders inside them, including ones made later (the shards of ``queued/``).
+    Call :meth:`reset` after finding work so the polling backoff starts short
+    again. Use as a context manager or call :meth:`close`.
     """
 
     def __init__(
@@ -57,12 +61,15 @@ class DirWatcher:
         min_interval: float = 0.05,
         max_interval: float = 1.0,
         local_safety_interval: float = 5.0,
+        nested: bool = False,
     ) -> None:
         self.min_interval = min_interval
         self.max_interval = max_interval
         self._interval = min_interval
         self._fd = -1
         self._wake_r = self._wake_w = -1
+        # Watch descriptor -> folder whose new sub-folders get watched too (nested).
+        self._parents: dict[int, bytes] = {}
         paths = list(dirs)
         real = [p for p in paths if p is not None]
         self._all_local = bool(real) and len(real) == len(paths) and all(map(is_local_filesystem, real))
@@ -73,11 +80,27 @@ class DirWatcher:
         if real and _libc is not None and os.environ.get("FSQ_NO_INOTIFY") != "1":
             fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
             if fd >= 0:
-                ok = all(_libc.inotify_add_watch(fd, os.fsencode(p), _IN_MASK) >= 0 for p in real)
-                if ok:
-                    self._fd = fd
-                else:  # e.g. too many watches: polling still works
-                    os.close(fd)
+                self._fd = fd
+                for path in real:
+                    wd = self._add(os.fsencode(path))
+                    if wd < 0:  # e.g. too many watches: polling still works
+                        os.close(fd)
+                        self._fd = -1
+                        break
+                    if nested:
+                        self._parents[wd] = os.fsencode(path)
+                        with os.scandir(path) as entries:
+                            for entry in entries:
+                                if entry.is_dir(follow_symlinks=False):
+                                    self._add(os.fsencode(entry.path))
+
+    def _add(self, path: bytes) -> int:
+        wd = int(_libc.inotify_add_watch(self._fd, path, _IN_MASK))
+        if wd < 0 and ctypes.get_errno() != errno.ENOENT:
+            # Out of watches (fs.inotify.max_user_watches): a change there could
+            # go unnoticed, so fall back to polling on the short backoff.
+            self._all_local = False
+        return wd
 
     @property
     def uses_inotify(self) -> bool:
@@ -142,10 +165,16 @@ class DirWatcher:
                 offset = 0
                 # struct inotify_event { int wd; uint32 mask, cookie, len; char name[len]; }
                 while offset + _EVENT.size <= len(data):
-                    _wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                    wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
                     offset += _EVENT.size
-                    names.add(data[offset : offset + length].rstrip(b"\0").decode(errors="replace"))
+                    name = data[offset : offset + length].rstrip(b"\0")
+                    names.add(name.decode(errors="replace"))
                     offset += length
+                    parent = self._parents.get(wd)
+                    if parent is not None and mask & _IN_ISDIR and mask & _IN_NEW:
+                        # Watched before the caller lists it: a file moved into it
+                        # after that listing still wakes the next wait.
+                        self._add(parent + b"/" + name)
         except BlockingIOError:
             pass
         return names

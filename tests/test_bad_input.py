@@ -24,7 +24,9 @@ from fs_task_queue import (
     QueueError,
     RemoteError,
     SerializationError,
+    layout,
 )
+from fs_task_queue.shards import is_shard_name
 
 THIS_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -52,7 +54,17 @@ def numbers():
 
 
 def queue_files(queue: Queue, folder: str) -> list[str]:
-    return sorted(os.listdir(Path(queue.path) / folder))
+    root = Path(queue.path) / folder
+    if folder != "queued":
+        return sorted(os.listdir(root))
+    # queued/ holds shard folders: list what is in them (an empty shard is not a file left behind).
+    out = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and is_shard_name(entry.name):
+            out += sorted(os.listdir(entry))
+        else:
+            out.append(entry.name)
+    return out
 
 
 def claimed_files(queue: Queue) -> list[str]:
@@ -68,7 +80,7 @@ def assert_nothing_written(queue: Queue) -> None:
 
 def queued_file_of(queue: Queue, job_id: str) -> Path:
     (name,) = [n for n in queue_files(queue, "queued") if n == job_id or n.endswith("." + job_id)]
-    return Path(queue.path) / "queued" / name
+    return Path(queue.path) / layout.queued_path(name)
 
 
 # --------------------------------------------------------------- unpicklable calls
@@ -300,7 +312,19 @@ def test_junk_in_queued_is_quarantined_and_valid_tasks_still_run(queue, tmp_path
     os.mkfifo(queued / "04-fifo")
     (queued / "05-directory").mkdir()
     (queued / "05-directory" / "inside").write_bytes(b"x")
-    # ...and files named like tasks (older than every real one) whose content is wrong.
+    # ...a task file outside its shard, a shard-shaped file and a shard-shaped link to a folder...
+    (queued / "20000101-000000-000009-aaaaa9").write_bytes(template_bytes)
+    (queued / "20000101-000000-1").write_bytes(b"not a shard")
+    (tmp_path / "outside-dir").mkdir()
+    (tmp_path / "outside-dir" / "20000101-000000-200000-aaaaaa").write_bytes(b"do not move")
+    (queued / "20000101-000000-2").symlink_to(tmp_path / "outside-dir")
+    foreign_at_top = ["20000101-000000-000009-aaaaa9", "20000101-000000-1", "20000101-000000-2"]
+    # ...and, in their shard, files named like tasks (older than every real one) whose content
+    # is wrong, and one whose name belongs to another shard.
+    shard = queued / "20000101-000000-0"
+    shard.mkdir()
+    wrong_shard = "20000101-000000-300000-aaaaab"
+    (shard / wrong_shard).write_bytes(template_bytes)
     task_shaped = {
         "20000101-000000-000001-aaaaa1": b"",
         "20000101-000000-000002-aaaaa2": os.urandom(4096),
@@ -309,11 +333,12 @@ def test_junk_in_queued_is_quarantined_and_valid_tasks_still_run(queue, tmp_path
         "20000101-000000-000005-aaaaa5.custom-id": b"not a task",
     }
     for name, data in task_shaped.items():
-        (queued / name).write_bytes(data)
-    os.symlink(outside, queued / "20000101-000000-000006-aaaaa6")
-    os.mkfifo(queued / "20000101-000000-000007-aaaaa7")
-    os.mkdir(queued / "20000101-000000-000008-aaaaa8")
-    bad_names = [*foreign, "03-symlink", "04-fifo", "05-directory", *task_shaped]
+        (shard / name).write_bytes(data)
+    os.symlink(outside, shard / "20000101-000000-000006-aaaaa6")
+    os.mkfifo(shard / "20000101-000000-000007-aaaaa7")
+    os.mkdir(shard / "20000101-000000-000008-aaaaa8")
+    bad_names = [*foreign, "03-symlink", "04-fifo", "05-directory", *foreign_at_top, *task_shaped]
+    bad_names += [wrong_shard]
     bad_names += ["20000101-000000-000006-aaaaa6", "20000101-000000-000007-aaaaa7", "20000101-000000-000008-aaaaa8"]
 
     valid = [queue.enqueue(operator.mul, i, 10) for i in range(5)]
@@ -324,9 +349,11 @@ def test_junk_in_queued_is_quarantined_and_valid_tasks_still_run(queue, tmp_path
     assert claimed_files(queue) == []
     assert sorted(queue_files(queue, "quarantine")) == sorted(bad_names)
     assert outside.read_bytes() == b"do not touch"
+    assert (tmp_path / "outside-dir" / "20000101-000000-200000-aaaaaa").read_bytes() == b"do not move"
     assert (Path(queue.path) / "quarantine" / "03-symlink").is_symlink()
     # A task-shaped file that fails verification fails its job with a CorruptFileError message.
-    for name in [n for n in bad_names if n.startswith("2000")]:
+    moved_unread = [*foreign_at_top, wrong_shard]  # not claimed, so their jobs have no outcome
+    for name in [n for n in bad_names if n.startswith("2000") and n not in moved_unread]:
         job = queue.job(name.partition(".")[2] or name)
         assert job.get_status() is JobStatus.FAILED, name
         exc = job.exception()
@@ -367,7 +394,8 @@ def test_task_signed_with_another_queues_key_is_never_unpickled(queue, tmp_path)
     other = Queue(tmp_path / "other-queue")
     forged = other.enqueue(str, MakesDirWhenUnpickled(str(sentinel)))
     source = queued_file_of(other, forged.id)
-    shutil.copy(source, Path(queue.path) / "queued" / source.name)
+    (Path(queue.path) / layout.queued_shard(source.name)).mkdir(exist_ok=True)
+    shutil.copy(source, Path(queue.path) / layout.queued_path(source.name))
     after = queue.enqueue(operator.add, 1, 1)
 
     run_burst(queue.path)

@@ -62,8 +62,9 @@ def test_a_submitted_task_header_is_the_json_of_the_header_the_client_keeps(tmp_
 
     queue = Queue(tmp_path / "q")
     job = queue.enqueue_call(_odd_name, (1,), **options)
-    (name,) = os.listdir(tmp_path / "q" / "queued")
-    env = open_envelope(TASK_MAGIC, queue._key, job.id, (tmp_path / "q" / "queued" / name).read_bytes())
+    (shard,) = os.listdir(tmp_path / "q" / "queued")
+    (name,) = os.listdir(tmp_path / "q" / "queued" / shard)
+    env = open_envelope(TASK_MAGIC, queue._key, job.id, (tmp_path / "q" / "queued" / shard / name).read_bytes())
     assert env.header == job._task_header
     assert env.header["fn"].endswith('quote"back\\slash ünï\ncode')
 

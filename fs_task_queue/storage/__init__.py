@@ -45,11 +45,13 @@ class Storage(Protocol):
         """The content of ``path`` from byte ``offset`` on (for tailing logs)."""
         ...
 
-    def publish(self, path: str, data: bytes, *, replace: bool) -> None:
+    def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False) -> None:
         """Write ``data`` to ``path`` atomically (temp file + rename).
 
         With ``replace=False`` the target must not exist (``FileExistsError``):
-        of any number of racing publishers exactly one wins.
+        of any number of racing publishers exactly one wins. With
+        ``make_parent=True`` a missing parent folder is made once the data is
+        written, just before the rename (so a failed write leaves nothing behind).
         """
         ...
 
@@ -75,6 +77,14 @@ class Storage(Protocol):
 
     def listdir(self, path: str) -> list[str]:
         """Names in a directory, unsorted."""
+        ...
+
+    def scan(self, path: str) -> list[tuple[str, bool]]:
+        """Names in a directory, each with whether it is a directory (a symlink to one is not)."""
+        ...
+
+    def remove_dir(self, path: str) -> None:
+        """Delete an empty directory (``OSError`` with ENOTEMPTY if something is in it)."""
         ...
 
     def stat(self, path: str) -> FileInfo:

@@ -26,6 +26,7 @@ _APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CL
 _AT_FDCWD = -100
 _FIRST_READ = 1 << 16
 _RENAME_NOREPLACE = 1
+_RENAME_ATTEMPTS = 4
 
 
 def _load_renameat2() -> Any:
@@ -132,7 +133,7 @@ class LocalStorage:
         # (cached: getpid is a system call, and this runs for every file).
         return f"{self._tmp}/{_pid:x}-{self._rand}-{self._counter:x}.tmp"
 
-    def publish(self, path: str, data: bytes, *, replace: bool) -> None:
+    def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False) -> None:
         tmp = self._new_tmp_name()
         fd = os.open(tmp, _CREATE_FLAGS, self.file_mode)
         try:
@@ -150,10 +151,19 @@ class LocalStorage:
                 # close() can be where NFS reports ENOSPC/EDQUOT, so its error counts.
                 os.close(fd)
             target = self._abs(path)
-            if replace:
-                os.rename(tmp, target)
-            else:
-                self._rename_noreplace(tmp, target)
+            for attempt in range(_RENAME_ATTEMPTS):
+                try:
+                    if replace:
+                        os.rename(tmp, target)
+                    else:
+                        self._rename_noreplace(tmp, target)
+                    break
+                except FileNotFoundError:
+                    # The parent is missing (never made, or a claimer removed an
+                    # emptied shard just now): make it and move the same file again.
+                    if not make_parent or attempt == _RENAME_ATTEMPTS - 1:
+                        raise
+                    self.mkdir(path.rpartition("/")[0])
             if self.durable:
                 self._fsync_dir(target.rpartition("/")[0])
         except BaseException:
@@ -224,6 +234,14 @@ class LocalStorage:
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(self._abs(path))
+
+    def scan(self, path: str) -> list[tuple[str, bool]]:
+        # The kernel's d_type says what each entry is: no stat per name.
+        with os.scandir(self._abs(path)) as entries:
+            return [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+
+    def remove_dir(self, path: str) -> None:
+        os.rmdir(self._abs(path))
 
     def stat(self, path: str) -> FileInfo:
         st = os.lstat(self._abs(path))

@@ -335,6 +335,28 @@ def registered(path: str | os.PathLike[str], name: str) -> dict[str, Any] | None
         return None
 
 
+def queued_file(root: str | os.PathLike[str], name: str) -> Path:
+    """Where a task file named ``name`` waits in the queue at ``root`` (its shard folder is made)."""
+    path = Path(root, "queued", name[:17], name)
+    path.parent.mkdir(exist_ok=True)
+    return path
+
+
+def queued_names(root: str | os.PathLike[str]) -> list[str]:
+    """What waits in ``queued/``: the files in its shard folders and anything else at its top.
+
+    An empty shard folder is not counted: claimers remove them lazily.
+    """
+    out = []
+    for entry in names(Path(root, "queued")):
+        path = Path(root, "queued", entry)
+        if path.is_dir() and not path.is_symlink() and len(entry) == 17:
+            out += names(path)
+        else:
+            out.append(entry)
+    return sorted(out)
+
+
 def names(path: str | os.PathLike[str]) -> list[str]:
     """Entries of a directory that are not hidden (an absent directory is empty)."""
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -16,7 +17,20 @@ from fs_task_queue import CorruptFileError, JobStatus, Queue
 from fs_task_queue.ids import new_order_key
 from fs_task_queue.serialize import TASK_MAGIC, seal
 
-from .faultlib import PYTHON, WORKER, CommitCounter, all_claimed, executions, mark, names, registered, run_cli, wait_for
+from .faultlib import (
+    PYTHON,
+    WORKER,
+    CommitCounter,
+    all_claimed,
+    executions,
+    mark,
+    names,
+    queued_file,
+    queued_names,
+    registered,
+    run_cli,
+    wait_for,
+)
 
 BIG_CLIENT = textwrap.dedent(
     """
@@ -35,7 +49,9 @@ def test_client_killed_mid_write_leaves_nothing_in_queued(lab):
     tmp_dir, queued = lab.path / "tmp", lab.path / "queued"
     worker = lab.worker("w", "--recover-interval", "0.5", "--max-poll-interval", "0.2")
     wait_for(lambda: registered(lab.path, "w"), what="the worker to register")
-    appeared = CommitCounter(queued)  # every name that ever appears in queued/
+    # Every name that ever appears at the top of queued/: a task's shard folder is made only
+    # after the task's file is written, so a published task would show up here.
+    appeared = CommitCounter(queued)
     try:
         for _attempt in range(3):
             client = lab.procs.start([PYTHON, "-c", BIG_CLIENT, str(lab.path)], label="big-client")
@@ -55,8 +71,8 @@ def test_client_killed_mid_write_leaves_nothing_in_queued(lab):
             if size is not None and size < 200 << 20:
                 break  # killed while writing
             # It got through (or past the write) before the kill: clean up and try again.
-            for name in names(queued):
-                os.unlink(queued / name)
+            shutil.rmtree(queued)
+            queued.mkdir(mode=0o700)
             for name in names(tmp_dir):
                 os.unlink(tmp_dir / name)
             appeared.counts.clear()
@@ -64,7 +80,7 @@ def test_client_killed_mid_write_leaves_nothing_in_queued(lab):
             pytest.fail("could not kill the client while it wrote (it was always too fast)")
         print(f"client killed mid-write: {leftover.name} holds {size} of more than {200 << 20} bytes")
         assert client.returncode == -signal.SIGKILL
-        assert appeared.snapshot() == {} and names(queued) == []  # nothing partial was ever visible
+        assert appeared.snapshot() == {} and names(queued) == []  # nothing partial was ever visible, not even a shard
         assert names(tmp_dir) == [leftover.name]
 
         job = lab.queue.enqueue(mark, str(lab.fx), "after")
@@ -116,12 +132,12 @@ def test_bad_files_in_queued_are_quarantined(lab, tmp_path):
     def fresh(kind: str) -> Path:
         name = new_order_key()
         bad[name] = kind
-        return queued / name
+        return queued_file(lab.path, name)
 
     def real(kind: str, key: str) -> tuple[Path, bytes]:
         job = queue.enqueue(mark, fx, key)
         bad[job.id] = kind
-        path = queued / job.id
+        path = queued_file(lab.path, job.id)
         return path, path.read_bytes()
 
     _write(fresh("empty"), b"")
@@ -156,7 +172,7 @@ def test_bad_files_in_queued_are_quarantined(lab, tmp_path):
     _write(queued / "notes.txt", b"not a task name")
 
     good = {f"g{i}": queue.enqueue(mark, fx, f"g{i}") for i in range(5)}
-    assert len(names(queued)) == len(bad) + len(good) + 1
+    assert len(queued_names(lab.path)) == len(bad) + len(good) + 1
 
     worker = lab.worker("w", "--burst")
     assert lab.procs.wait(worker, timeout=90) == 0, lab.procs.log(worker)  # neither crashed nor hung
@@ -174,7 +190,7 @@ def test_bad_files_in_queued_are_quarantined(lab, tmp_path):
             job.wait(0)
     quarantined = set(names(lab.path / "quarantine"))
     assert quarantined == {*bad, "notes.txt"}, quarantined ^ {*bad, "notes.txt"}
-    assert names(queued) == [] and all_claimed(lab.path) == []
+    assert queued_names(lab.path) == [] and all_claimed(lab.path) == []
     print(f"{len(bad)} bad task files quarantined: {sorted(set(bad.values()))}")
     t = lab.tally(f"bad files in queued/ ({len(bad) + 1})", good, note="all quarantined, good tasks done, no unpickle")
     assert not t.lost and not t.executed_twice and not t.committed_twice and not t.not_finished
@@ -185,7 +201,7 @@ def test_task_file_moved_from_another_queue_is_refused(tmp_path):
     """A task signed with one queue's key fails its signature check in another queue."""
     one, two = Queue(tmp_path / "one"), Queue(tmp_path / "two")
     job = one.enqueue(len, "abc")
-    os.rename(tmp_path / "one" / "queued" / job.id, tmp_path / "two" / "queued" / job.id)
+    os.rename(queued_file(tmp_path / "one", job.id), queued_file(tmp_path / "two", job.id))
     done = subprocess.run(
         [*WORKER, "--path", str(tmp_path / "two"), "--burst"],
         capture_output=True,

@@ -20,7 +20,7 @@ from .faultlib import (
     executions,
     group_members,
     mark,
-    names,
+    queued_names,
     registered,
     run_cli,
     wait_for,
@@ -90,7 +90,7 @@ def test_crash_at_each_step_loses_nothing(lab, point):
     assert ("c0" in t.executed_twice) == (point == "before-commit")
     info = first.info()
     assert info.attempt == (2 if point in ("after-claim", "after-read", "before-commit") else 1)
-    assert not names(lab.path / "queued") and not all_claimed(lab.path)
+    assert not queued_names(lab.path) and not all_claimed(lab.path)
     assert registered(lab.path, "crasher") is None and "crasher" not in claimed(lab.path)
 
 

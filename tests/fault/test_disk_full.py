@@ -11,7 +11,7 @@ import pytest
 
 from fs_task_queue import JobStatus, Queue, QueueError
 
-from .faultlib import CommitCounter, all_claimed, executions, mark, names, record, tally
+from .faultlib import CommitCounter, all_claimed, executions, mark, names, queued_file, queued_names, record, tally
 
 
 def big_result(fx: str, key: str, size: int) -> bytes:
@@ -54,18 +54,18 @@ def test_disk_full_on_submit_and_on_commit(small_fs, tmp_path, procs):
         with pytest.raises(QueueError, match="No space left on device") as err:
             queue.enqueue(len, os.urandom(3 << 20))
         assert "Nothing was queued" in str(err.value)
-        assert names(path / "queued") == [] and names(path / "tmp") == []
+        assert names(path / "queued") == [] and names(path / "tmp") == []  # not even a shard folder
 
         # A map that fills the disk part way: the error says how many went in, and they are
         # whole; once within the first chunk of 256 sealed tasks, once past it (a page a task).
         for count, size, at_least in ((6, 500_000, 1), (600, 3000, 257)):
             with pytest.raises(QueueError, match=rf"The first (\d+) of {count} tasks were queued") as err:
                 queue.map(len, [os.urandom(size) for _ in range(count)])
-            queued = names(path / "queued")
+            queued = queued_names(path)
             assert f"The first {len(queued)} of {count}" in str(err.value) and at_least <= len(queued) < count
             assert names(path / "tmp") == []
             for name in queued:
-                os.unlink(path / "queued" / name)
+                os.unlink(queued_file(path, name))
 
         # Leave ~300 KB free: the task fits, its 700 KB result does not.
         ballast = small_fs / "ballast"
@@ -80,7 +80,7 @@ def test_disk_full_on_submit_and_on_commit(small_fs, tmp_path, procs):
         assert "cannot write the outcome" in log and "refuses writes" in log, log
         assert executions(fx)["big"] == 1
         assert job.get_status() is JobStatus.QUEUED, log  # not lost, not marked done
-        assert job.id not in names(path / "results") and job.id in names(path / "queued")
+        assert job.id not in names(path / "results") and job.id in queued_names(path)
         # The task process may have run the next task while the big outcome was being
         # written (one outcome may lag): then its small outcome fitted. Either way it
         # ran at most once, and nothing ran after the refusal was known.

@@ -11,7 +11,7 @@ import pytest
 from fs_task_queue import JobStatus, Queue
 from fs_task_queue.layout import SUBDIRS
 
-from .faultlib import mark
+from .faultlib import mark, queued_file
 
 
 def mode(path: Path) -> int:
@@ -27,7 +27,8 @@ def test_new_queue_is_private(lab):
         assert mode(path / sub) == 0o700, sub
     assert mode(path / "key") == 0o600
     assert mode(path / "fsq-format.json") == 0o600
-    assert mode(path / "queued" / job.id) == 0o600
+    assert mode(queued_file(path, job.id)) == 0o600
+    assert mode(queued_file(path, job.id).parent) == 0o700  # its shard folder
     worker = lab.worker("w", "--burst")
     assert lab.procs.wait(worker) == 0, lab.procs.log(worker)
     assert job.get_status() is JobStatus.FINISHED
@@ -67,7 +68,8 @@ def test_shared_queue_accepts_group_write(tmp_path, procs):
     fx = tmp_path / "fx"
     fx.mkdir()
     job = queue.enqueue(mark, str(fx), "shared")
-    assert mode(path / "queued" / job.id) == 0o660
+    assert mode(queued_file(path, job.id)) == 0o660
+    assert mode(queued_file(path, job.id).parent) == 0o2770  # its shard folder: group-usable, setgid
     worker = procs.worker(path, "w", "--burst")
     assert procs.wait(worker) == 0, procs.log(worker)  # group-writable, but shared on purpose: accepted
     assert job.get_status() is JobStatus.FINISHED
@@ -81,7 +83,7 @@ def test_files_written_into_a_shared_queue_stay_group_readable(tmp_path, procs):
     fx = tmp_path / "fx"
     fx.mkdir()
     job = Queue(path).enqueue(mark, str(fx), "shared")  # a group member opens the existing queue
-    task_mode = mode(path / "queued" / job.id)
+    task_mode = mode(queued_file(path, job.id))
     worker = procs.worker(path, "w", "--burst")
     assert procs.wait(worker) == 0, procs.log(worker)
     assert job.get_status() is JobStatus.FINISHED

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from .faultlib import CommitCounter, all_claimed, executions, mark, names, wait_for
+from .faultlib import CommitCounter, all_claimed, executions, mark, names, queued_names, wait_for
 
 TASKS = 10_000
 
@@ -57,7 +57,7 @@ def test_workers_racing_for_10000_tasks(lab):
     assert sum(executions(lab.fx).values()) == TASKS
     assert len(names(lab.path / "results")) == TASKS
     assert sum(lab.commits.snapshot().values()) == TASKS
-    assert not names(lab.path / "queued") and not all_claimed(lab.path)
+    assert not queued_names(lab.path) and not all_claimed(lab.path)
     assert len(per_worker) == WORKERS, f"every worker should have won some claims: {dict(per_worker)}"
 
 
@@ -100,4 +100,4 @@ def test_random_kill9_of_workers_while_draining(lab):
     # Per death at most the running task and the one whose outcome was being published.
     assert len(t.executed_twice) <= 2 * kills, "more re-executions than killed workers can explain"
     assert sum(lab.commits.snapshot().values()) == NEMESIS_TASKS
-    assert names(lab.path / "queued") == []
+    assert queued_names(lab.path) == []

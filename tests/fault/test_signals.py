@@ -8,7 +8,7 @@ import pytest
 
 from fs_task_queue import JobStatus
 
-from .faultlib import all_claimed, ends, executions, mark, names, registered, wait_for
+from .faultlib import all_claimed, ends, executions, mark, queued_names, registered, wait_for
 
 FAST = ["--recover-interval", "0.5", "--max-poll-interval", "0.2"]
 
@@ -42,7 +42,7 @@ def test_task_longer_than_grace_is_requeued_without_counting_an_attempt(lab):
     worker.send_signal(signal.SIGTERM)
     assert lab.procs.wait(worker) == 0, lab.procs.log(worker)
     assert "interrupted by shutdown" in lab.procs.log(worker)
-    assert job.get_status() is JobStatus.QUEUED and names(lab.path / "queued") == [job.id]
+    assert job.get_status() is JobStatus.QUEUED and queued_names(lab.path) == [job.id]
     assert ends(lab.fx)["long"] == 0 and not all_claimed(lab.path)
 
     again = lab.worker("w2", "--burst", *FAST)

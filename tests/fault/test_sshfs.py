@@ -27,7 +27,7 @@ from .faultlib import (
     ends,
     executions,
     mark,
-    names,
+    queued_names,
     record,
     registered,
     run_cli,
@@ -71,7 +71,7 @@ def test_one_sshfs_mount_two_workers_500_tasks(tmp_path, mounts, procs):
         )
         assert not t.lost and not t.executed_twice and not t.committed_twice
         assert not t.not_finished and not t.foreign_results
-        assert not names(server_q / "queued") and not all_claimed(server_q)
+        assert not queued_names(server_q) and not all_claimed(server_q)
 
         info = run_cli("info", str(path))
         assert info.returncode == 0, info.stderr
@@ -114,7 +114,7 @@ def test_two_sshfs_mounts_as_two_hosts_1000_tasks(tmp_path, mounts, procs):
         )
         assert not t.lost and not t.executed_twice and not t.committed_twice
         assert not t.not_finished and not t.foreign_results
-        assert not names(server_q / "queued") and not all_claimed(server_q)
+        assert not queued_names(server_q) and not all_claimed(server_q)
         for proc in workers:
             assert "is dead" not in procs.log(proc), procs.log(proc)  # nobody died: nobody presumed dead
         assert len(by_worker) == 4, f"every worker should have won claims: {dict(by_worker)}"

@@ -1,0 +1,114 @@
+"""queued/ in shards: a claim reads only the oldest shards, emptied shards go, movers remake them."""
+
+from __future__ import annotations
+
+import operator
+import os
+import time
+from pathlib import Path
+
+import pytest
+from helpers import run_burst
+
+from fs_task_queue import Queue, layout
+from fs_task_queue.queue import Claimer
+from fs_task_queue.shards import KEEP_RECENT, move_to_queued
+from fs_task_queue.storage.local import LocalStorage
+from fs_task_queue.watch import DirWatcher
+
+GROUP = 600  # more than a claimer's batch of 512 names
+
+
+class CountingStorage(LocalStorage):
+    """LocalStorage that counts the names its listings return (instrumentation, not a fake)."""
+
+    listed = 0
+
+    def listdir(self, path: str) -> list[str]:
+        names = super().listdir(path)
+        self.listed += len(names)
+        return names
+
+
+def shards(queue: Queue) -> list[str]:
+    return sorted(os.listdir(Path(queue.path) / "queued"))
+
+
+def submit_groups(queue: Queue, groups: int) -> list[str]:
+    ids = []
+    for _ in range(groups):
+        ids += [job.id for job in queue.map(operator.add, range(GROUP), range(GROUP))]
+        time.sleep(0.15)  # the next group starts in a later tenth of a second: another shard
+    return ids
+
+
+def test_a_claim_lists_the_oldest_shards_not_the_whole_queue(tmp_path):
+    queue = Queue(tmp_path / "q")
+    ids = submit_groups(queue, 4)
+    assert len(shards(queue)) >= 4
+    storage = CountingStorage(queue.path)
+    claimer = Claimer(Queue(storage=storage), "counted")
+    claimer.register()
+
+    first = claimer.claim()
+    assert first is not None and first.id == ids[0]
+    # The top of queued/ (a few shard names) and the oldest shard(s) up to 512 names:
+    # at most two groups' worth, never all of them.
+    assert storage.listed <= 2 * GROUP + len(shards(queue)), storage.listed
+    assert storage.listed < len(ids)
+
+    claimed = [first.id] + [job.id for job in iter(claimer.claim, None)]
+    assert claimed == ids  # submission order across shards, each task once
+    # Emptied shards are removed as the claimer goes, but the newest one while it is recent.
+    assert len(shards(queue)) <= 1
+
+    claimer.close()  # puts every claimed task back: into shards made again
+    assert queue.stats()["queued"] == len(ids)
+    assert [job.id for job in queue.jobs("queued")] == ids
+    assert [job.get_status() for job in (queue.job(ids[0]), queue.job(ids[-1]))] == ["queued", "queued"]
+
+
+def test_a_drained_queue_keeps_no_old_shards(queue):
+    submit_groups(queue, 2)
+    time.sleep(KEEP_RECENT + 0.2)  # all shards are old now, the newest too
+    run_burst(queue.path)
+    assert shards(queue) == []
+    assert queue.stats()["finished"] == 2 * GROUP
+
+
+def test_a_task_moved_into_a_removed_shard_remakes_it(queue):
+    storage = queue.storage
+    job = queue.enqueue(operator.add, 1, 2)
+    shard = layout.queued_shard(job.id)
+    claimed = "claimed/mover/" + job.id
+    storage.mkdir("claimed/mover")
+    storage.rename(layout.queued_path(job.id), claimed)
+    storage.remove_dir(shard)  # what a claimer does to an emptied shard
+
+    move_to_queued(storage, claimed, job.id)
+    assert job.get_status() == "queued" and storage.listdir(shard) == [job.id]
+    with pytest.raises(FileNotFoundError):  # the source is gone: not papered over
+        move_to_queued(storage, claimed, job.id)
+
+    storage.remove(layout.queued_path(job.id))
+    storage.remove_dir(shard)
+    storage.publish(layout.queued_path(job.id), b"data", replace=False, make_parent=True)
+    assert storage.read(layout.queued_path(job.id)) == b"data"
+    with pytest.raises(FileNotFoundError):  # without make_parent a missing folder is an error
+        storage.publish("no-such-folder/file", b"data", replace=False)
+
+
+def test_nested_watcher_wakes_for_files_moved_into_subfolders(tmp_path):
+    root = tmp_path / "queued"
+    (root / "old").mkdir(parents=True)
+    # A poll interval far longer than the waits: only a notification can end them in time.
+    with DirWatcher([str(root)], nested=True, local_safety_interval=60.0) as watcher:
+        assert watcher.uses_inotify
+        for folder in ("old", "new"):
+            if folder == "new":
+                (root / "new").mkdir()
+                assert watcher.wait(10.0) == {"new"}
+            source = tmp_path / f"task-{folder}"
+            source.write_bytes(b"x")
+            os.rename(source, root / folder / "task")
+            assert watcher.wait(10.0) == {"task"}, folder
