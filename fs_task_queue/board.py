@@ -78,12 +78,12 @@ class Board:
 
     def _write(self, state: int, name: str, deadline: float | None = None, started: float = 0.0) -> None:
         raw = name.encode()
-        body = _BODY.pack(state, self._done, started, deadline or 0.0, len(raw), raw)
         board = self._map
-        board[0:_BODY_AT] = _SEQ.pack(self._seq + 1)  # odd: a reader retries
-        board[_BODY_AT : _BODY_AT + _BODY.size] = body
+        # pack_into writes straight into the shared page: no bytes objects per post.
+        _SEQ.pack_into(board, 0, self._seq + 1)  # odd: a reader retries
+        _BODY.pack_into(board, _BODY_AT, state, self._done, started, deadline or 0.0, len(raw), raw)
         self._seq += 2
-        board[0:_BODY_AT] = _SEQ.pack(self._seq)
+        _SEQ.pack_into(board, 0, self._seq)
 
     def running(self, name: str, deadline: float | None) -> None:
         """Post that the task file ``name`` is being run (until ``deadline``, if any)."""
