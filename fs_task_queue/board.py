@@ -78,12 +78,15 @@ class Board:
 
     def _write(self, state: int, name: str, deadline: float | None = None, started: float = 0.0) -> None:
         raw = name.encode()
+        body = _BODY.pack(state, self._done, started, deadline or 0.0, len(raw), raw)
         board = self._map
-        # pack_into writes straight into the shared page: no bytes objects per post.
-        _SEQ.pack_into(board, 0, self._seq + 1)  # odd: a reader retries
-        _BODY.pack_into(board, _BODY_AT, state, self._done, started, deadline or 0.0, len(raw), raw)
+        # The sequence word goes in by slice assignment (one 8-byte copy), not
+        # _SEQ.pack_into, which stores it byte by byte: a reader could then see
+        # half of an old and half of a new number (tests/test_board.py did).
+        board[0:_BODY_AT] = _SEQ.pack(self._seq + 1)  # odd: a reader retries
+        board[_BODY_AT : _BODY_AT + _BODY.size] = body
         self._seq += 2
-        _SEQ.pack_into(board, 0, self._seq)
+        board[0:_BODY_AT] = _SEQ.pack(self._seq)
 
     def running(self, name: str, deadline: float | None) -> None:
         """Post that the task file ``name`` is being run (until ``deadline``, if any)."""

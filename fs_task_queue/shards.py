@@ -11,8 +11,9 @@ a job stays a constant number of operations) and shards sort in submission order
 Shards come and go. Whoever puts a task into ``queued/`` makes its shard when
 needed, and a claimer removes a shard it found empty. The two can race: a move
 into a shard removed a moment earlier fails with ENOENT, and the mover makes the
-shard again and retries. The newest shard is kept while it is recent, so a steady
-trickle of submissions does not make and remove a folder for every task.
+shard again and retries (``make_parent`` of the storage's publish and rename).
+The newest shard is kept while it is recent, so a steady trickle of submissions
+does not make and remove a folder for every task.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ BATCH_NAMES = 512
 BATCH_MAX_AGE = 10.0
 #: The newest shard is not removed while it is younger than this (seconds).
 KEEP_RECENT = 2.0
-_MOVE_ATTEMPTS = 4
 
 
 def is_shard_name(name: str) -> bool:
@@ -64,16 +64,7 @@ def move_to_queued(storage: Storage, src: str, name: str) -> None:
 
     Raises FileNotFoundError when ``src`` is gone (another process moved it first).
     """
-    dst = layout.queued_path(name)
-    for attempt in range(_MOVE_ATTEMPTS):
-        try:
-            storage.rename(src, dst)
-            return
-        except FileNotFoundError:
-            # ENOENT names neither side: only a missing shard is ours to fix.
-            if attempt == _MOVE_ATTEMPTS - 1 or not storage.exists(src):
-                raise
-            storage.mkdir(layout.queued_shard(name))
+    storage.rename(src, layout.queued_path(name), make_parent=True)
 
 
 def queued_names(storage: Storage) -> list[str]:

@@ -59,8 +59,12 @@ class Storage(Protocol):
         """Append ``data`` to ``path``, creating it (logs written while a task runs)."""
         ...
 
-    def rename(self, src: str, dst: str) -> None:
-        """Move ``src`` to a free name ``dst`` atomically; exactly one racing mover wins."""
+    def rename(self, src: str, dst: str, *, make_parent: bool = False) -> None:
+        """Move ``src`` to a free name ``dst`` atomically; exactly one racing mover wins.
+
+        With ``make_parent=True`` a missing parent folder of ``dst`` is made and
+        the move tried again (``FileNotFoundError`` then means ``src`` is gone).
+        """
         ...
 
     def remove(self, path: str) -> None:

@@ -26,7 +26,7 @@ _APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CL
 _AT_FDCWD = -100
 _FIRST_READ = 1 << 16
 _RENAME_NOREPLACE = 1
-_RENAME_ATTEMPTS = 4
+_MOVE_ATTEMPTS = 4  # of a move whose target folder a claimer may remove meanwhile
 
 
 def _load_renameat2() -> Any:
@@ -151,25 +151,29 @@ class LocalStorage:
                 # close() can be where NFS reports ENOSPC/EDQUOT, so its error counts.
                 os.close(fd)
             target = self._abs(path)
-            for attempt in range(_RENAME_ATTEMPTS):
-                try:
-                    if replace:
-                        os.rename(tmp, target)
-                    else:
-                        self._rename_noreplace(tmp, target)
-                    break
-                except FileNotFoundError:
-                    # The parent is missing (never made, or a claimer removed an
-                    # emptied shard just now): make it and move the same file again.
-                    if not make_parent or attempt == _RENAME_ATTEMPTS - 1:
-                        raise
-                    self.mkdir(path.rpartition("/")[0])
+            self._move(tmp, target, replace=replace, make_parent=make_parent)
             if self.durable:
                 self._fsync_dir(target.rpartition("/")[0])
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _move(self, src: str, dst: str, *, replace: bool, make_parent: bool) -> None:
+        for attempt in range(_MOVE_ATTEMPTS):
+            try:
+                if replace:
+                    os.rename(src, dst)
+                else:
+                    self._rename_noreplace(src, dst)
+                return
+            except FileNotFoundError:
+                # ENOENT names neither side. Only a missing parent of dst is ours
+                # to fix (never made, or a claimer removed an emptied shard just
+                # now): make it and move the same file again.
+                if not make_parent or attempt == _MOVE_ATTEMPTS - 1 or not os.path.lexists(src):
+                    raise
+                self._make_dir(dst.rpartition("/")[0])
 
     def _rename_noreplace(self, src: str, dst: str) -> None:
         if self._noreplace and _renameat2 is not None:
@@ -210,8 +214,11 @@ class LocalStorage:
         finally:
             os.close(fd)
 
-    def rename(self, src: str, dst: str) -> None:
-        os.rename(self._abs(src), self._abs(dst))
+    def rename(self, src: str, dst: str, *, make_parent: bool = False) -> None:
+        if make_parent:
+            self._move(self._abs(src), self._abs(dst), replace=True, make_parent=True)
+        else:  # the claim's rename: no extra call
+            os.rename(self._abs(src), self._abs(dst))
 
     def remove(self, path: str) -> None:
         os.unlink(self._abs(path))
@@ -222,7 +229,9 @@ class LocalStorage:
         shutil.rmtree(self._abs(path), ignore_errors=True)
 
     def mkdir(self, path: str) -> None:
-        target = self._abs(path)
+        self._make_dir(self._abs(path))
+
+    def _make_dir(self, target: str) -> None:
         try:
             os.mkdir(target, self.dir_mode)
         except FileExistsError:
