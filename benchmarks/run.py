@@ -877,7 +877,9 @@ def render(
             " `python -m fs_task_queue worker --path P --log-level WARNING` (with `--burst` for the drain"
             " runs), so they include the default process isolation (a worker process and a task process,"
             " which run consecutive tasks at once). The package's bytecode is compiled beforehand"
-            " (`make bench` runs compileall), as an installed package's is.",
+            " (`make bench` runs compileall), as an installed package's is. Nothing is deleted until"
+            " the end: on ext4 without a journal (the disk this was written on) new inodes skip those"
+            " freed in the last 5-10 s, which made any run that followed a deletion up to twice as slow.",
             "",
             f"- **enqueue**: {sizes.enqueue_n} tasks into a fresh queue, by a loop of `queue.enqueue(operator.pos, i)`"
             " and by `queue.map(operator.pos, items)`. Floor: a loop of open/write/close into `tmp/`"
