@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import operator
 import os
 import time
@@ -96,6 +97,24 @@ def test_a_task_moved_into_a_removed_shard_remakes_it(queue):
     assert storage.read(layout.queued_path(job.id)) == b"data"
     with pytest.raises(FileNotFoundError):  # without make_parent a missing folder is an error
         storage.publish("no-such-folder/file", b"data", replace=False)
+
+
+class ShardThief(LocalStorage):
+    """Removes every folder it makes at once: a claimer that wins the rmdir race every time."""
+
+    def _make_dir(self, target: str) -> None:
+        super()._make_dir(target)
+        os.rmdir(target)
+
+
+def test_a_move_whose_folder_keeps_vanishing_fails_without_losing_the_file(queue):
+    storage = ShardThief(queue.path)
+    storage.publish("tmp/kept", b"task", replace=False)
+    with pytest.raises(OSError) as err:
+        storage.rename("tmp/kept", "queued/20000101-000000-0/kept", make_parent=True)
+    # Not FileNotFoundError, which callers take for "another process moved it".
+    assert err.value.errno == errno.EAGAIN and not isinstance(err.value, FileNotFoundError)
+    assert storage.read("tmp/kept") == b"task"
 
 
 def test_nested_watcher_wakes_for_files_moved_into_subfolders(tmp_path):

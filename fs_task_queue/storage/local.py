@@ -171,8 +171,12 @@ class LocalStorage:
                 # ENOENT names neither side. Only a missing parent of dst is ours
                 # to fix (never made, or a claimer removed an emptied shard just
                 # now): make it and move the same file again.
-                if not make_parent or attempt == _MOVE_ATTEMPTS - 1 or not os.path.lexists(src):
+                if not make_parent or not os.path.lexists(src):
                     raise
+                if attempt == _MOVE_ATTEMPTS - 1:
+                    # Not FileNotFoundError: callers read that as "someone else
+                    # took the file" and could drop a file that is still here.
+                    raise OSError(errno.EAGAIN, f"the folder of {dst} keeps disappearing") from None
                 self._make_dir(dst.rpartition("/")[0])
 
     def _rename_noreplace(self, src: str, dst: str) -> None:
