@@ -298,18 +298,20 @@ class Job:
             return self._task_header
         if self._name is None:
             return None
-        paths = [layout.queued_path(self._name)]
-        found = self.queue._find_task(self.id)
-        if found and found[1] is not None:
-            paths.insert(0, layout.claimed_path(found[1], found[0]))
-        for path in paths:
-            try:
-                env = open_envelope(TASK_MAGIC, self.queue._key, self.id, self.queue.storage.read(path))
-            except (OSError, FSQError):
-                continue
-            self._task_header = env.header
-            return env.header
-        return None
+        # Its queued file first (known by name); searching the claimed folders only if it is not there.
+        header = self._header_at(layout.queued_path(self._name))
+        if header is None:
+            found = self.queue._find_task(self.id)
+            if found and found[1] is not None:
+                header = self._header_at(layout.claimed_path(found[1], found[0]))
+        self._task_header = header
+        return header
+
+    def _header_at(self, path: str) -> dict[str, Any] | None:
+        try:
+            return open_envelope(TASK_MAGIC, self.queue._key, self.id, self.queue.storage.read(path)).header
+        except (OSError, FSQError):
+            return None
 
     def info(self) -> JobInfo:
         """When and where the job ran, with its function name and metadata."""

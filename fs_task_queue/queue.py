@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from fs_task_queue.serialize import (
     python_version,
     seal_encoded,
 )
-from fs_task_queue.shards import Backlog, move_to_queued, publish_queued, queued_names
+from fs_task_queue.shards import Backlog, iter_queued_names, move_to_queued, publish_queued, queued_names
 from fs_task_queue.status import JobStatus
 from fs_task_queue.storage import Storage
 from fs_task_queue.storage.local import LocalStorage
@@ -464,7 +465,8 @@ class Queue:
                 return job_id, None
         else:
             suffix = f".{job_id}"
-            for name in queued_names(self.storage) + self._list(layout.DELAYED):
+            # Stops at the first shard that holds it, not after listing them all.
+            for name in itertools.chain(iter_queued_names(self.storage), self._list(layout.DELAYED)):
                 if name.endswith(suffix):
                     return name, None
         for worker_id in self._list(layout.CLAIMED):
@@ -580,11 +582,21 @@ class Claimer:
         if self._lock is None:
             return
         storage = self.queue.storage
+        stuck = []
         for name in self.queue._list_tasks(layout.claimed_dir(self.worker_id)):
             try:
                 move_to_queued(storage, layout.claimed_path(self.worker_id, name), name)
             except FileNotFoundError:
-                pass
+                pass  # taken by a recoverer meanwhile
+            except OSError as exc:
+                stuck.append(name)
+                log.error("cannot put job %s back in the queue (%s); recovery will", job_id_of(name), exc)
+        if stuck:
+            # Leave the folder, identity and heartbeat as a dead claimer's, so
+            # recovery re-queues what could not be moved; never delete it.
+            self._lock.release()
+            self._lock = None
+            return
         # The identity file goes while the lock is still held: a recoverer that
         # finds the lock free without it does not take this claimer for dead
         # (see Recoverer.verdict), so a clean exit is never "recovered".

@@ -21,13 +21,13 @@ from __future__ import annotations
 import heapq
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from fs_task_queue import layout
 from fs_task_queue.ids import is_task_name
 from fs_task_queue.storage import Storage
 
-__all__ = ["Backlog", "is_shard_name", "move_to_queued", "publish_queued", "queued_names"]
+__all__ = ["Backlog", "is_shard_name", "iter_queued_names", "move_to_queued", "publish_queued", "queued_names"]
 
 _SHARD_RE = re.compile(r"^\d{8}-\d{6}-\d$")
 #: A claimer lists shards until its batch holds this many names (one shard when
@@ -67,21 +67,24 @@ def move_to_queued(storage: Storage, src: str, name: str) -> None:
     storage.rename(src, layout.queued_path(name), make_parent=True)
 
 
-def queued_names(storage: Storage) -> list[str]:
-    """Every file name in the shards of ``queued/`` (not dot-files), oldest first."""
-    names: list[str] = []
+def iter_queued_names(storage: Storage) -> Iterator[str]:
+    """The file names in the shards of ``queued/`` (not dot-files), a shard at a time, in no order."""
     try:
         top = storage.scan(layout.QUEUED)
     except FileNotFoundError:
-        return names
+        return
     for shard, is_dir in top:
         if is_dir and is_shard_name(shard):
             try:
-                names += [n for n in storage.listdir(f"{layout.QUEUED}/{shard}") if not n.startswith(".")]
+                names = storage.listdir(f"{layout.QUEUED}/{shard}")
             except FileNotFoundError:
                 continue  # emptied and removed meanwhile
-    names.sort()
-    return names
+            yield from (n for n in names if not n.startswith("."))
+
+
+def queued_names(storage: Storage) -> list[str]:
+    """Every file name in the shards of ``queued/`` (not dot-files), oldest first."""
+    return sorted(iter_queued_names(storage))
 
 
 class Backlog:

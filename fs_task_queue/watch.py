@@ -28,6 +28,7 @@ _IN_MASK = 0x00000004 | 0x00000080 | 0x00000100 | 0x00000200 | 0x00000040
 # IN_ATTRIB | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM
 _IN_NEW = 0x00000100 | 0x00000080  # IN_CREATE | IN_MOVED_TO
 _IN_ISDIR = 0x40000000
+_IN_Q_OVERFLOW = 0x00004000
 _EVENT = struct.Struct("iIII")
 
 
@@ -89,10 +90,16 @@ class DirWatcher:
                         break
                     if nested:
                         self._parents[wd] = os.fsencode(path)
-                        with os.scandir(path) as entries:
-                            for entry in entries:
-                                if entry.is_dir(follow_symlinks=False):
-                                    self._add(os.fsencode(entry.path))
+                        self._watch_subfolders(os.fsencode(path))
+
+    def _watch_subfolders(self, path: bytes) -> None:
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        self._add(entry.path)
+        except OSError:
+            self._all_local = False  # cannot tell what to watch: poll on the short backoff
 
     def _add(self, path: bytes) -> int:
         wd = int(_libc.inotify_add_watch(self._fd, path, _IN_MASK))
@@ -170,6 +177,11 @@ class DirWatcher:
                     name = data[offset : offset + length].rstrip(b"\0")
                     names.add(name.decode(errors="replace"))
                     offset += length
+                    if mask & _IN_Q_OVERFLOW:
+                        # Events were lost, folders made meanwhile among them:
+                        # watch every sub-folder again (a second watch is a no-op).
+                        for folder in self._parents.values():
+                            self._watch_subfolders(folder)
                     parent = self._parents.get(wd)
                     if parent is not None and mask & _IN_ISDIR and mask & _IN_NEW:
                         # Watched before the caller lists it: a file moved into it

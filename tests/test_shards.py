@@ -117,6 +117,38 @@ def test_a_move_whose_folder_keeps_vanishing_fails_without_losing_the_file(queue
     assert storage.read("tmp/kept") == b"task"
 
 
+class ChmodRace(LocalStorage):
+    """The first folder it makes is removed between its mkdir and chmod (a claimer's rmdir)."""
+
+    raced = False
+
+    def _make_dir(self, target: str) -> None:
+        if not self.raced:
+            self.raced = True
+            os.mkdir(target)
+            os.rmdir(target)
+            os.chmod(target, 0o2770)  # what the shared mode does next: FileNotFoundError
+        super()._make_dir(target)
+
+
+def test_a_shard_removed_between_mkdir_and_chmod_is_made_again(queue):
+    storage = ChmodRace(queue.path, file_mode=0o660, dir_mode=0o2770)
+    storage.publish("tmp/moved", b"task", replace=False)
+    storage.rename("tmp/moved", "queued/20000101-000000-0/moved", make_parent=True)
+    assert storage.raced and storage.read("queued/20000101-000000-0/moved") == b"task"
+
+
+def test_close_keeps_a_claim_it_cannot_move_back_for_recovery(queue):
+    job = queue.enqueue(operator.add, 1, 2)
+    claimer = Claimer(Queue(storage=ShardThief(queue.path)), "closer")
+    assert claimer.claim().id == job.id
+    os.rmdir(Path(queue.path) / layout.queued_shard(job.id))  # emptied: a claimer would remove it
+    claimer.close()  # every move back fails (EAGAIN): the task must stay where it is
+    assert (Path(queue.path) / layout.claimed_path("closer", job.id)).is_file()
+    run_burst(queue.path)  # its recovery finds the free lock and re-queues the task, then runs it
+    assert job.wait(timeout=60) == 3
+
+
 def test_nested_watcher_wakes_for_files_moved_into_subfolders(tmp_path):
     root = tmp_path / "queued"
     (root / "old").mkdir(parents=True)
@@ -131,3 +163,19 @@ def test_nested_watcher_wakes_for_files_moved_into_subfolders(tmp_path):
             source.write_bytes(b"x")
             os.rename(source, root / folder / "task")
             assert watcher.wait(10.0) == {"task"}, folder
+
+
+def test_nested_watcher_watches_folders_made_while_its_events_overflowed(tmp_path):
+    root = tmp_path / "queued"
+    (root / "busy").mkdir(parents=True)
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    with DirWatcher([str(root)], nested=True, local_safety_interval=60.0) as watcher:
+        for i in range(limit + 100):  # nobody reads them: the event queue overflows
+            (root / "busy" / f"f{i}").touch()
+        (root / "late").mkdir()  # its creation event is lost
+        assert watcher.wait(10.0) is not None  # the overflow is noticed and every folder watched again
+        watcher.changes_now()
+        source = tmp_path / "task"
+        source.write_bytes(b"x")
+        os.rename(source, root / "late" / "task")
+        assert watcher.wait(10.0) == {"task"}

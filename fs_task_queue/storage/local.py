@@ -153,7 +153,10 @@ class LocalStorage:
             target = self._abs(path)
             self._move(tmp, target, replace=replace, make_parent=make_parent)
             if self.durable:
-                self._fsync_dir(target.rpartition("/")[0])
+                # A claimer may have taken the file and removed its emptied shard
+                # already: the publish happened, so that is no error.
+                with contextlib.suppress(FileNotFoundError):
+                    self._fsync_dir(target.rpartition("/")[0])
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -177,7 +180,9 @@ class LocalStorage:
                     # Not FileNotFoundError: callers read that as "someone else
                     # took the file" and could drop a file that is still here.
                     raise OSError(errno.EAGAIN, f"the folder of {dst} keeps disappearing") from None
-                self._make_dir(dst.rpartition("/")[0])
+                with contextlib.suppress(FileNotFoundError):
+                    # Removed again between its mkdir and chmod: the next try makes it again.
+                    self._make_dir(dst.rpartition("/")[0])
 
     def _rename_noreplace(self, src: str, dst: str) -> None:
         if self._noreplace and _renameat2 is not None:
@@ -244,6 +249,8 @@ class LocalStorage:
             os.makedirs(target, self.dir_mode, exist_ok=True)
         if self._chmod:
             os.chmod(target, self.dir_mode)
+        if self.durable:  # the new folder's own entry must survive a power loss too
+            self._fsync_dir(target.rpartition("/")[0])
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(self._abs(path))
