@@ -179,3 +179,50 @@ def test_nested_watcher_watches_folders_made_while_its_events_overflowed(tmp_pat
         source.write_bytes(b"x")
         os.rename(source, root / "late" / "task")
         assert watcher.wait(10.0) == {"task"}
+
+
+def test_moves_into_shards_racing_claimers_that_remove_them_lose_nothing(tmp_path):
+    """Two claimers drain while a third keeps putting its claims back into their (old) shards."""
+    import threading
+
+    queue = Queue(tmp_path / "q")
+    ids = set()
+    for _ in range(4):  # four shards, all old by the time they are emptied
+        ids |= {job.id for job in queue.map(operator.add, range(300), range(300))}
+        time.sleep(0.12)
+    time.sleep(KEEP_RECENT)
+    taken: dict[str, list[str]] = {"a": [], "b": []}
+    stop = threading.Event()
+
+    def drain(name: str) -> None:
+        claimer = Claimer(Queue(tmp_path / "q"), name)
+        while not stop.is_set():
+            job = claimer.claim()
+            if job is not None:
+                taken[name].append(job.id)
+        claimer._lock.release()  # keep the claims where they are (close() would put them back)
+
+    def bounce() -> None:
+        claimer = Claimer(Queue(tmp_path / "q"), "bouncer")
+        storage = claimer.queue.storage
+        for _ in range(600):
+            job = claimer.claim()
+            if job is not None:
+                move_to_queued(storage, layout.claimed_path("bouncer", job._name), job._name)
+
+    threads = [threading.Thread(target=drain, args=(n,)) for n in taken]
+    bouncer = threading.Thread(target=bounce)
+    for t in [*threads, bouncer]:
+        t.start()
+    bouncer.join()
+    deadline = time.monotonic() + 60
+    while sum(map(len, taken.values())) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    claimed = taken["a"] + taken["b"]
+    assert sorted(claimed) == sorted(ids)  # each task claimed once by the drainers, none lost
+    root = Path(queue.path)
+    files = [p.name for p in (root / "claimed").rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert sorted(files) == sorted(ids) and queue.stats()["queued"] == 0
