@@ -199,7 +199,12 @@ class Worker:
             self._heartbeat_alive()
             self._next_beat = now + self.heartbeat_interval
         if now >= self._next_recover:
-            recoverer.run_once()
+            try:
+                recoverer.run_once()
+            except OSError as exc:
+                # e.g. a shard that kept vanishing: what was taken over stays in
+                # this worker's claimed folder (put back when it closes); try again later.
+                log.warning("recovery pass stopped: %s; trying again in %.0f s", exc, self.recover_interval)
             self._next_recover = now + self.recover_interval
         if now >= self._next_sweep:
             sweep_tmp(self.queue)

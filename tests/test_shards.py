@@ -226,3 +226,17 @@ def test_moves_into_shards_racing_claimers_that_remove_them_lose_nothing(tmp_pat
     root = Path(queue.path)
     files = [p.name for p in (root / "claimed").rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert sorted(files) == sorted(ids) and queue.stats()["queued"] == 0
+
+
+def test_a_recovery_pass_that_cannot_move_a_task_does_not_stop_the_worker(queue, caplog):
+    from fs_task_queue import Worker
+
+    class Failing:
+        def run_once(self) -> list[str]:
+            raise OSError(errno.EAGAIN, "the folder of queued/x/y keeps disappearing")
+
+    worker = Worker(queue, name="chores", recover_interval=7.0)
+    with caplog.at_level("WARNING", logger="fs_task_queue.worker"):
+        wait = worker._chores(Failing(), beat=False)  # type: ignore[arg-type]
+    assert 0 < wait <= 7.0  # the next pass is scheduled as usual
+    assert "recovery pass stopped" in caplog.text and "keeps disappearing" in caplog.text
