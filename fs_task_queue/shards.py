@@ -67,19 +67,31 @@ def move_to_queued(storage: Storage, src: str, name: str) -> None:
     storage.rename(src, layout.queued_path(name), make_parent=True)
 
 
+def _top(storage: Storage) -> tuple[list[str], list[str]]:
+    """The top of ``queued/``: (shard folders, other entries), dot-files left out."""
+    shards, others = [], []
+    for name, is_dir in storage.scan(layout.QUEUED):
+        if name.startswith("."):
+            continue  # NFS silly-rename files and the like
+        if is_dir and is_shard_name(name):
+            shards.append(name)
+        else:
+            others.append(name)
+    return shards, others
+
+
 def iter_queued_names(storage: Storage) -> Iterator[str]:
     """The file names in the shards of ``queued/`` (not dot-files), a shard at a time, in no order."""
     try:
-        top = storage.scan(layout.QUEUED)
+        shards, _ = _top(storage)
     except FileNotFoundError:
         return
-    for shard, is_dir in top:
-        if is_dir and is_shard_name(shard):
-            try:
-                names = storage.listdir(f"{layout.QUEUED}/{shard}")
-            except FileNotFoundError:
-                continue  # emptied and removed meanwhile
-            yield from (n for n in names if not n.startswith("."))
+    for shard in shards:
+        try:
+            names = storage.listdir(f"{layout.QUEUED}/{shard}")
+        except FileNotFoundError:
+            continue  # emptied and removed meanwhile
+        yield from (n for n in names if not n.startswith("."))
 
 
 def queued_names(storage: Storage) -> list[str]:
@@ -154,14 +166,9 @@ class Backlog:
     def _list_top(self) -> None:
         self._relisted = True
         self._listed_at = time.monotonic()
-        shards = []
-        for name, is_dir in self._storage.scan(layout.QUEUED):
-            if name.startswith("."):
-                continue  # NFS silly-rename files and the like
-            if is_dir and is_shard_name(name):
-                shards.append(name)
-            else:
-                self._on_foreign(name)
+        shards, others = _top(self._storage)
+        for name in others:
+            self._on_foreign(name)
         shards.sort(reverse=True)
         self._shards = shards
         self._newest = shards[0] if shards else ""
