@@ -663,7 +663,8 @@ class Claimer:
             try:
                 storage.rename(layout.queued_path(name), claimed)
             except FileNotFoundError:
-                continue  # another worker won this one
+                backlog.step_aside()  # another worker won this one, and is likely to win the next
+                continue
             crash_point("after-claim")
             job_id = job_id_of(name)
             if storage.exists(layout.result_path(job_id)):

@@ -19,6 +19,7 @@ does not make and remove a folder for every task.
 from __future__ import annotations
 
 import heapq
+import random
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,8 @@ BATCH_NAMES = 512
 BATCH_MAX_AGE = 10.0
 #: The newest shard is not removed while it is younger than this (seconds).
 KEEP_RECENT = 2.0
+#: After losing a race for a name a claimer skips up to this many of the next ones.
+STEP_ASIDE = 32
 
 
 def is_shard_name(name: str) -> bool:
@@ -117,7 +120,7 @@ class Backlog:
         # Names read from shards, as a heap: heapify is O(n), each pop O(log n).
         self._heap: list[str] = []
         self._left: dict[str, int] = {}  # shard -> its names still in the heap
-        self._emptied: str | None = None  # a shard whose last name was handed out
+        self._emptied: list[str] = []  # shards whose last name was handed out
         self._listed_at = 0.0
         self._relisted = False
 
@@ -136,21 +139,39 @@ class Backlog:
 
     def pop(self) -> str | None:
         """The oldest name not handed out yet, or None when this round found nothing more."""
-        if self._emptied is not None:
+        if self._emptied:
             # Removed only now, after the claimer moved the shard's last task out of it.
-            self._remove_if_done(self._emptied)
-            self._emptied = None
+            for shard in self._emptied:
+                self._remove_if_done(shard)
+            self._emptied.clear()
         heap = self._heap
         if not heap and not self._refill():
             return None
-        name = heapq.heappop(heap)
+        return self._hand_out(heapq.heappop(heap))
+
+    def step_aside(self) -> None:
+        """After losing the race for a name, skip a random few of the next ones.
+
+        Claimers that read the same shards would otherwise walk the same names
+        in lockstep and lose every other rename (measured with two workers: half
+        of all claim renames failed). The skipped names are left to the claimer
+        that is ahead; any it does not take are found again by the next listing,
+        so a name is never lost, only started a little out of order.
+        """
+        heap = self._heap
+        for _ in range(random.randrange(STEP_ASIDE)):
+            if not heap:
+                break
+            self._hand_out(heapq.heappop(heap))
+
+    def _hand_out(self, name: str) -> str:
         shard = name[: layout.SHARD_LEN]
         left = self._left[shard] - 1
         if left:
             self._left[shard] = left
         else:
             del self._left[shard]
-            self._emptied = shard
+            self._emptied.append(shard)
         return name
 
     def _refill(self) -> bool:

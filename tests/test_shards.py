@@ -12,6 +12,7 @@ import pytest
 from helpers import run_burst
 
 from fs_task_queue import Queue, layout
+from fs_task_queue import shards as shards_module
 from fs_task_queue.queue import Claimer
 from fs_task_queue.shards import KEEP_RECENT, move_to_queued
 from fs_task_queue.storage.local import LocalStorage
@@ -240,3 +241,65 @@ def test_a_recovery_pass_that_cannot_move_a_task_does_not_stop_the_worker(queue,
         wait = worker._chores(Failing(), beat=False)  # type: ignore[arg-type]
     assert 0 < wait <= 7.0  # the next pass is scheduled as usual
     assert "recovery pass stopped" in caplog.text and "keeps disappearing" in caplog.text
+
+
+class RacingStorage(LocalStorage):
+    """LocalStorage whose claim renames lose to an imaginary claimer for the first ``losses`` tasks.
+
+    A real file operation happens first (the task is moved aside, as another
+    claimer's rename would), so the losing rename fails the way it does in a race.
+    """
+
+    def __init__(self, root: str, losses: int) -> None:
+        super().__init__(root)
+        self.losses = losses
+        self.attempts = 0
+        self.stolen: list[str] = []
+
+    def rename(self, src: str, dst: str, *, make_parent: bool = False) -> None:
+        if src.startswith("queued/") and dst.startswith("claimed/"):
+            self.attempts += 1
+            if self.losses > 0:
+                self.losses -= 1
+                name = src.rpartition("/")[2]
+                super().rename(src, f"tmp/stolen-{name}")
+                self.stolen.append(name)
+        super().rename(src, dst, make_parent=make_parent)
+
+
+def test_a_claimer_that_loses_a_race_skips_ahead_and_later_finds_what_it_skipped(tmp_path, monkeypatch):
+    queue = Queue(tmp_path / "q")
+    ids = [job.id for job in queue.map(operator.pos, range(200))]
+    monkeypatch.setattr(shards_module.random, "randrange", lambda n: 10)  # skip 10 names
+    storage = RacingStorage(queue.path, losses=1)
+    claimer = Claimer(Queue(storage=storage), "racer")
+    claimed = [job.id for job in claimer]
+    claimer.close()
+    assert len(storage.stolen) == 1 and ids[0] not in claimed
+    # It skipped the next 10 names without trying them: one failed rename in all ...
+    assert storage.attempts == len(claimed) + 1
+    assert claimed[:5] == ids[11:16]
+    # ... and claimed every task nobody else took, the skipped ones after listing again.
+    assert sorted(claimed) == ids[1:]
+    assert claimed[-10:] == ids[1:11]
+
+
+def test_two_claimers_in_lockstep_rarely_collide(tmp_path):
+    queue = Queue(tmp_path / "q")
+    queue.map(operator.pos, range(2000))
+    counting = [RacingStorage(queue.path, losses=0) for _ in range(2)]
+    claimers = [Claimer(Queue(storage=s), f"c{i}") for i, s in enumerate(counting)]
+    won = [0, 0]
+    # Alternate claims, as two workers on two cores do: both read the same names.
+    while True:
+        got = [c.claim() for c in claimers]
+        for i, job in enumerate(got):
+            won[i] += job is not None
+        if not any(got):
+            break
+    for c in claimers:
+        c.close()
+    attempts = sum(s.attempts for s in counting)
+    assert sum(won) == 2000
+    # Without stepping aside every other rename fails (about 4000 attempts for 2000 tasks).
+    assert attempts < 2000 * 1.2, attempts
