@@ -77,14 +77,17 @@ class OutcomeSink(Protocol):
     publishes them while the task process claims and reads the next task.
     """
 
-    def hand_over(self, job: Job, record: dict[str, Any], payload: bytes) -> None:
-        """Queue the outcome of the claimed ``job`` (see :func:`commit_outcome`) for publishing."""
+    def hand_over(self, job: Job, record: dict[str, Any], payload: bytes) -> bool:
+        """Queue the outcome of the claimed ``job`` (see :func:`commit_outcome`) for publishing.
+
+        False when too many outcomes are on their way already: the caller then publishes it.
+        """
 
     #: Whether the publisher refused an outcome (full or read-only filesystem).
     refused: bool
 
     def wait_published(self, *, everything: bool = False) -> None:
-        """Block until the outcomes handed over are published, but for those allowed to lag."""
+        """Learn which outcomes were published; with ``everything``, wait until all are."""
 
     def in_flight(self, job_id: str) -> bool:
         """Whether an outcome of ``job_id`` was handed over and may not be published yet."""
@@ -110,8 +113,7 @@ def settle_outcome(
         log.info("job %s failed (attempt %d of %d); retrying in %.1f s", job.id, attempt, retries + 1, delay)
         return None
     record = outcome_record(job, task, result, worker=worker_id)
-    if sink is not None:
-        sink.hand_over(job, record, result.payload)
+    if sink is not None and sink.hand_over(job, record, result.payload):
         return None
     return commit_outcome(job, record, result.payload)
 
@@ -143,10 +145,9 @@ class TaskLoop:
     ``board`` (optional) is where the loop posts which task runs, for a
     supervising worker process; ``on_deadline`` is called when a task with a
     timeout starts, so the supervisor wakes to enforce it. With ``sink`` the
-    outcomes are published by another process while the loop goes on; it
-    runs a task only while at most one earlier outcome is unpublished, so a
-    worker killed at any moment loses at most two runs: the one in progress
-    and the one being published.
+    outcomes are published by another process while the loop goes on, as many
+    at a time as the sink accepts (see :class:`~fs_task_queue.supervise.RunAhead`);
+    the loop publishes the others itself.
     """
 
     def __init__(

@@ -12,11 +12,16 @@ recorded cause; the worker starts a new task process and goes on.
 
 The task process hands each finished outcome to the worker process over a
 pipe; the worker process seals and publishes it while the task process claims,
-reads and runs the next task, so one worker keeps two cores busy. The worker
-process acknowledges each publication with a byte, and the task process runs
-a task only while at most :data:`OUTCOMES_AHEAD` (one) earlier outcome is
-unacknowledged: a worker killed at any moment re-runs at most the task in
-progress and the one being published.
+reads and runs the next tasks, so one worker keeps two cores busy. The worker
+process acknowledges publications with a byte each (one write per batch). How
+many outcomes may be handed over and not yet acknowledged is bounded (see
+:class:`RunAhead`): one, or more from short tasks that together ran for at
+most :data:`RUN_AHEAD_BUDGET`. When the bound is reached the task process
+publishes the outcome itself instead of waiting, so it never idles while the
+worker process lags (as it does when other processes keep the cores busy).
+A worker killed at any moment therefore re-runs only the task in progress and
+those in flight: one task after a long one, at most a few dozen milliseconds
+of work after short ones.
 
 The task process is forked from the worker process when that is single-threaded
 (the command-line worker always is: it is a clean template that never ran a
@@ -31,6 +36,7 @@ import ctypes
 import logging
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -53,7 +59,7 @@ if TYPE_CHECKING:
 
     from fs_task_queue.queue import Queue
 
-__all__ = ["TaskProcess", "child_main", "describe_exit"]
+__all__ = ["RUN_AHEAD_BUDGET", "RUN_AHEAD_MAX", "RunAhead", "TaskProcess", "child_main", "describe_exit"]
 
 log = logging.getLogger("fs_task_queue.worker")
 
@@ -65,9 +71,10 @@ _OUTCOME = b"c"  # 4-byte length, then a pickled (task file name, outcome record
 _EXIT = b"x"  # followed by a pickled LoopExit
 _PUBLISHED = b"k"  # acknowledgements: published (or dropped: the job had an outcome)
 _REFUSED = b"r"  # not published: the filesystem refused it; the task went back to the queue
-#: Outcomes that may still be unpublished while the task process runs the next
-#: task. 0: a run starts only after every earlier outcome is on disk.
-OUTCOMES_AHEAD = 1
+#: Seconds of task run time whose outcomes may be in flight, the newest aside (see :class:`RunAhead`).
+RUN_AHEAD_BUDGET = 0.05
+#: And at most this many outcomes in flight beyond the newest.
+RUN_AHEAD_MAX = 64
 _DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -102,6 +109,7 @@ class TaskProcess:
         #: A task with a deadline started since this was last cleared.
         self.poked = False
         self._acked = False
+        self._verdicts = bytearray()  # acknowledgements not yet written
 
     # ----------------------------------------------------------------- start
     def start(self) -> None:
@@ -240,6 +248,7 @@ class TaskProcess:
             self._publish(buf[at + 5 : end])
             at = end
         del buf[:at]
+        self._send_verdicts()
 
     def _publish(self, message: bytearray) -> None:
         name, record, payload = pickle.loads(message)
@@ -261,11 +270,17 @@ class TaskProcess:
             self.refused = reason
 
     def _ack(self, verdict: bytes = _PUBLISHED) -> None:
+        # Sent once the outcomes read together are all published: one write, not one per task.
         self._acked = True
-        try:
-            os.write(self._acks, verdict)
-        except OSError:
-            pass  # it died (its outcomes are still published), or is far behind reading
+        self._verdicts += verdict
+
+    def _send_verdicts(self) -> None:
+        if self._verdicts:
+            try:
+                os.write(self._acks, self._verdicts)
+            except OSError:
+                pass  # it died (its outcomes are still published), or is far behind reading
+            self._verdicts.clear()
 
     def post(self) -> Post:
         return self.board.read()
@@ -401,13 +416,57 @@ def _become_task_process(worker_pid: int, memory_limit: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
 
+class RunAhead:
+    """The outcomes a task process handed over that are not yet published (*in flight*).
+
+    A worker killed now would re-run their tasks, so they are bounded: a new
+    outcome may join while those in flight are none, or at most
+    :data:`RUN_AHEAD_MAX` from tasks that ran for at most
+    :data:`RUN_AHEAD_BUDGET` seconds together. One long task's outcome is
+    published while the next task runs; no-op tasks flow without a round trip
+    between the two processes per task, with little work at stake.
+    """
+
+    def __init__(self, budget: float | None = None, limit: int | None = None) -> None:
+        self.budget = RUN_AHEAD_BUDGET if budget is None else budget
+        self.limit = RUN_AHEAD_MAX if limit is None else limit
+        self._ids: deque[str] = deque()  # job ids, oldest first
+        self._ran: deque[float] = deque()  # their tasks' run times, seconds
+        self._total = 0.0  # sum of _ran
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._ids
+
+    def has_room(self) -> bool:
+        """Whether one more outcome may be handed over now."""
+        n = len(self._ids)
+        return n == 0 or (n <= self.limit and self._total <= self.budget)
+
+    def add(self, job_id: str, ran: float) -> None:
+        """An outcome of a task that ran ``ran`` seconds was handed over."""
+        self._ids.append(job_id)
+        self._ran.append(ran)
+        self._total += ran
+
+    def published(self) -> None:
+        """The oldest outcome in flight was acknowledged."""
+        self._ids.popleft()
+        self._total -= self._ran.popleft()
+        if not self._ids:
+            self._total = 0.0  # no rounding drift
+
+
 class _Outbox:
     """The task process's ends of its two pipes to the worker process."""
 
-    def __init__(self, fd: int, ack_fd: int) -> None:
+    def __init__(self, fd: int, ack_fd: int, run_ahead: RunAhead | None = None) -> None:
         self._fd = fd
         self._ack_fd = ack_fd
-        self._in_flight: deque[str] = deque()  # job ids, oldest first
+        os.set_blocking(ack_fd, False)  # acknowledgements are collected when there are some
+        self._in_flight = run_ahead if run_ahead is not None else RunAhead()
         self.refused = False
 
     def send(self, message: bytes) -> None:
@@ -421,22 +480,40 @@ class _Outbox:
     def poke(self) -> None:
         self.send(_POKE)
 
-    def hand_over(self, job: Job, record: dict[str, Any], payload: bytes) -> None:
+    def hand_over(self, job: Job, record: dict[str, Any], payload: bytes) -> bool:
+        in_flight = self._in_flight
+        if not in_flight.has_room():
+            self._collect()
+            if not in_flight.has_room():
+                return False  # the worker process lags: the caller publishes this one itself
         # Sealing (JSON, HMAC) is left to the worker process, which has time for it.
         message = pickle.dumps((job._name, record, payload), protocol=5)
         self.send(b"".join((_OUTCOME, len(message).to_bytes(4, "big"), message)))
-        self._in_flight.append(job.id)
+        in_flight.add(job.id, max(0.0, record["end"] - record["start"]))
+        return True
+
+    def _collect(self, *, block: bool = False) -> None:
+        """Take the acknowledgements that arrived (with ``block``, wait for at least one)."""
+        if block:
+            select.select([self._ack_fd], [], [])
+        try:
+            acks = os.read(self._ack_fd, 4096)
+        except BlockingIOError:
+            return
+        if not acks:
+            # The worker process is gone; its claims are left to recovery.
+            os._exit(0)
+        self.refused = self.refused or _REFUSED in acks
+        for _ in acks:
+            self._in_flight.published()
 
     def wait_published(self, *, everything: bool = False) -> None:
-        lag = 0 if everything else OUTCOMES_AHEAD
-        while len(self._in_flight) > lag:
-            acks = os.read(self._ack_fd, 4096)
-            if not acks:
-                # The worker process is gone; its claims are left to recovery.
-                os._exit(0)
-            self.refused = self.refused or _REFUSED in acks
-            for _ in acks:
-                self._in_flight.popleft()
+        if not everything:
+            if self._in_flight:
+                self._collect()  # learn of refusals; nothing to wait for
+            return
+        while self._in_flight:
+            self._collect(block=True)
 
     def in_flight(self, job_id: str) -> bool:
         return job_id in self._in_flight

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fs_task_queue import JobStatus, WorkerLostError
+from fs_task_queue.supervise import RUN_AHEAD_BUDGET, RUN_AHEAD_MAX
 
 from .faultlib import (
     NOTES,
@@ -69,7 +70,8 @@ CRASH_POINTS = ["after-claim", "after-read", "before-commit", "after-commit", "a
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_crash_at_each_step_loses_nothing(lab, point):
-    jobs = {f"c{i}": lab.queue.enqueue(mark, str(lab.fx), f"c{i}") for i in range(4)}
+    # Each task runs longer than the run-ahead budget, so at most one outcome is ever in flight.
+    jobs = {f"c{i}": lab.queue.enqueue(mark, str(lab.fx), f"c{i}", sleep=1.5 * RUN_AHEAD_BUDGET) for i in range(4)}
     first = jobs["c0"]
     crasher = lab.worker("crasher", *FAST, env={"FSQ_CRASH_AT": point})
     assert lab.procs.wait(crasher) == -signal.SIGKILL, lab.procs.log(crasher)
@@ -83,7 +85,7 @@ def test_crash_at_each_step_loses_nothing(lab, point):
 
     # A worker death re-runs what it held without an outcome (at least once after a
     # death: counted, allowed): c0 if it died before publishing c0's, and the task
-    # its task process ran meanwhile, with at most one outcome still unpublished.
+    # its task process ran meanwhile; these tasks are too long for more to be in flight.
     t = lab.tally(f"crash {point}", jobs, note="c0 re-run expected" if point == "before-commit" else "")
     assert not t.lost and not t.committed_twice and not t.not_finished and not t.foreign_results
     assert len(t.executed_twice) <= 2
@@ -92,6 +94,23 @@ def test_crash_at_each_step_loses_nothing(lab, point):
     assert info.attempt == (2 if point in ("after-claim", "after-read", "before-commit") else 1)
     assert not queued_names(lab.path) and not all_claimed(lab.path)
     assert registered(lab.path, "crasher") is None and "crasher" not in claimed(lab.path)
+
+
+@pytest.mark.timeout(60)
+def test_crash_with_short_tasks_re_runs_at_most_the_run_ahead(lab):
+    """No-op tasks run ahead of their publication; a death re-runs only the bounded few in flight."""
+    keys = [f"s{i}" for i in range(300)]
+    jobs = dict(zip(keys, lab.queue.map(mark, [str(lab.fx)] * len(keys), keys), strict=True))
+    # The worker process dies at its 100th publication, whatever the task process is doing.
+    crasher = lab.worker("crasher", *FAST, env={"FSQ_CRASH_AT": "before-commit", "FSQ_CRASH_AFTER": "100"})
+    assert lab.procs.wait(crasher) == -signal.SIGKILL, lab.procs.log(crasher)
+    drainer = lab.worker("drainer", "--burst", *FAST)
+    assert lab.procs.wait(drainer) == 0, lab.procs.log(drainer)
+    t = lab.tally("crash before-commit, 300 no-op tasks", jobs, note="re-runs bounded by the run-ahead")
+    assert not t.lost and not t.committed_twice and not t.not_finished and not t.foreign_results
+    # In flight: at most RUN_AHEAD_MAX + 1 outcomes, plus the task that was running.
+    assert len(t.executed_twice) <= RUN_AHEAD_MAX + 2, sorted(t.executed_twice)
+    assert not queued_names(lab.path) and not all_claimed(lab.path)
 
 
 @pytest.mark.timeout(120)
