@@ -462,11 +462,11 @@ class RunAhead:
 class _Outbox:
     """The task process's ends of its two pipes to the worker process."""
 
-    def __init__(self, fd: int, ack_fd: int, run_ahead: RunAhead | None = None) -> None:
+    def __init__(self, fd: int, ack_fd: int) -> None:
         self._fd = fd
         self._ack_fd = ack_fd
         os.set_blocking(ack_fd, False)  # acknowledgements are collected when there are some
-        self._in_flight = run_ahead if run_ahead is not None else RunAhead()
+        self._in_flight = RunAhead()
         self.refused = False
 
     def send(self, message: bytes) -> None:
