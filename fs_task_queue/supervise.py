@@ -18,7 +18,9 @@ many outcomes may be handed over and not yet acknowledged is bounded (see
 :class:`RunAhead`): one, or more from short tasks that together ran for at
 most :data:`RUN_AHEAD_BUDGET`. When the bound is reached the task process
 publishes the outcome itself instead of waiting, so it never idles while the
-worker process lags (as it does when other processes keep the cores busy).
+worker process lags. It also publishes outcomes itself while no CPU is free for
+the worker process (:class:`~fs_task_queue.spare_cpu.SpareCpu`: as many busy
+processes as cores), where a hand-over would only add its own cost.
 A worker killed at any moment therefore re-runs only the task in progress and
 those in flight: one task after a long one, at most a few dozen milliseconds
 of work after short ones.
@@ -52,6 +54,7 @@ from fs_task_queue.execute import CallResult, failed, read_claimed, release, req
 from fs_task_queue.ids import job_id_of
 from fs_task_queue.job import Job
 from fs_task_queue.serve import LoopExit, LoopSettings, TaskLoop, commit_outcome, settle_outcome
+from fs_task_queue.spare_cpu import SpareCpu
 from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
@@ -467,6 +470,7 @@ class _Outbox:
         self._ack_fd = ack_fd
         os.set_blocking(ack_fd, False)  # acknowledgements are collected when there are some
         self._in_flight = RunAhead()
+        self._spare = SpareCpu(os.getppid())
         self.refused = False
 
     def send(self, message: bytes) -> None:
@@ -481,6 +485,8 @@ class _Outbox:
         self.send(_POKE)
 
     def hand_over(self, job: Job, record: dict[str, Any], payload: bytes) -> bool:
+        if not self._spare.available():
+            return False  # no CPU for the worker process: handing over would cost more than it saves
         in_flight = self._in_flight
         if not in_flight.has_room():
             self._collect()
@@ -522,6 +528,7 @@ class _Outbox:
         self.send(_EXIT + pickle.dumps(ended))
         os.close(self._fd)
         os.close(self._ack_fd)
+        self._spare.close()
 
 
 def _serve(
