@@ -78,16 +78,20 @@ class SpareCpu:
             stat, worker = os.pread(self._fds[0], 1 << 20, 0), os.pread(self._fds[1], 4096, 0)
         except OSError:
             return None  # the worker process is gone: the parent-death signal ends this one
-        idle = 0
-        for line in stat.split(b"\n"):
-            if not line.startswith(b"cpu"):
-                break  # the per-CPU rows come first
-            fields = line.split()
-            if fields[0] in self._rows:
-                idle += int(fields[4]) + int(fields[5])
-        # The fields after the command name (which may hold spaces and parentheses).
-        rest = worker[worker.rindex(b")") + 2 :].split()
-        return idle, int(rest[11]) + int(rest[12])
+        try:
+            idle = 0
+            for line in stat.split(b"\n"):
+                if not line.startswith(b"cpu"):
+                    break  # the per-CPU rows come first
+                fields = line.split()
+                if fields[0] in self._rows:
+                    idle += int(fields[4]) + int(fields[5])
+            # The fields after the command name (which may hold spaces and parentheses).
+            rest = worker[worker.rindex(b")") + 2 :].split()
+            return idle, int(rest[11]) + int(rest[12])
+        except (ValueError, IndexError):
+            # A layout this code does not know must not crash the task process: no verdict.
+            return None
 
     def close(self) -> None:
         """Close the procfs files."""

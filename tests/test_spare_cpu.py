@@ -79,6 +79,23 @@ def test_idle_cpus_this_process_may_not_use_do_not_count(tmp_path, ours):
     gauge.close()
 
 
+def test_unreadable_counters_leave_the_verdict_as_it_was(tmp_path, ours):
+    cpu = min(ours)
+    write_proc(tmp_path, 5, {cpu: 0}, 0)
+    gauge = SpareCpu(5, proc=str(tmp_path), window=WINDOW)
+    free, _ = verdict_after(gauge, tmp_path, 5, {cpu: 0}, 0)
+    assert not free
+    # A truncated process file and a short CPU row: no exception in the task process, no new verdict.
+    (tmp_path / "5" / "stat").write_text("5 (a")
+    time.sleep(WINDOW)
+    assert not gauge.available()
+    write_proc(tmp_path, 5, {cpu: 10_000}, 0)
+    (tmp_path / "stat").write_text(f"cpu{cpu} 1 2\n")
+    time.sleep(WINDOW)
+    assert not gauge.available()
+    gauge.close()
+
+
 def test_without_procfs_it_always_hands_over(tmp_path):
     gauge = SpareCpu(os.getpid(), proc=str(tmp_path / "missing"), window=0.0)
     time.sleep(0.01)
