@@ -103,23 +103,21 @@ def test_without_procfs_it_always_hands_over(tmp_path):
     gauge.close()
 
 
-def test_real_proc_a_cpu_hog_takes_the_free_cpu_away():
-    """Pinned to one CPU with a busy loop on it, there is no CPU free; once it ends there is."""
+def test_real_proc_a_busy_cpu_is_free_only_for_the_process_that_keeps_it_busy():
+    """Pinned to one CPU with a busy loop on it: no CPU is free for a sleeper; for the busy loop itself, there is."""
     saved = os.sched_getaffinity(0)
     cpu = max(saved)
     os.sched_setaffinity(0, {cpu})
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # inherits the affinity
     try:
         time.sleep(0.1)
-        # The "worker process" is this test process, which sleeps: only idle time can make a CPU free.
-        gauge = SpareCpu(os.getpid(), window=0.3)
+        for_sleeper = SpareCpu(os.getpid(), window=0.3)  # this test process, asleep meanwhile
+        for_hog = SpareCpu(hog.pid, window=0.3)
         time.sleep(0.35)
-        assert not gauge.available(), "a CPU running a busy loop is not free"
-        hog.kill()
-        hog.wait()
-        time.sleep(0.35)
-        assert gauge.available(), "an idle CPU is free"
-        gauge.close()
+        assert not for_sleeper.available(), "a CPU running a busy loop is not free for another process"
+        assert for_hog.available(), "the busy loop's own CPU time counts as free for it"
+        for_sleeper.close()
+        for_hog.close()
     finally:
         hog.kill()
         hog.wait()
