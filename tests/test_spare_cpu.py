@@ -37,6 +37,12 @@ def verdict_after(gauge: SpareCpu, root: Path, pid: int, idle: dict[int, int], w
     return free, spent
 
 
+def gauge_on(root: Path, pid: int, idle: dict[int, int], worker_ticks: int) -> SpareCpu:
+    """A gauge reading a procfs copy that starts at these counters."""
+    write_proc(root, pid, idle, worker_ticks)
+    return SpareCpu(pid, proc=str(root), window=WINDOW)
+
+
 @pytest.fixture
 def ours() -> set[int]:
     return os.sched_getaffinity(0)
@@ -44,8 +50,7 @@ def ours() -> set[int]:
 
 def test_idle_time_of_our_cpus_counts_as_free(tmp_path, ours):
     cpu = min(ours)
-    write_proc(tmp_path, 42, {cpu: 1000}, 0)
-    gauge = SpareCpu(42, proc=str(tmp_path), window=WINDOW)
+    gauge = gauge_on(tmp_path, 42, {cpu: 1000}, 0)
     assert gauge.available(), "before the first window the gauge keeps handing over"
     # A whole CPU idle over the window (ticks for twice the window: a sleep can run long).
     free, _ = verdict_after(gauge, tmp_path, 42, {cpu: 1000 + round(2 * WINDOW / TICK)}, 0)
@@ -58,8 +63,7 @@ def test_idle_time_of_our_cpus_counts_as_free(tmp_path, ours):
 
 def test_the_worker_processs_own_cpu_time_counts_as_free(tmp_path, ours):
     cpu = min(ours)
-    write_proc(tmp_path, 7, {cpu: 0}, 100)
-    gauge = SpareCpu(7, proc=str(tmp_path), window=WINDOW)
+    gauge = gauge_on(tmp_path, 7, {cpu: 0}, 100)
     # No idle time, but the worker process ran all window long: it has a CPU (handing over made it busy).
     free, _ = verdict_after(gauge, tmp_path, 7, {cpu: 0}, 100 + round(2 * WINDOW / TICK))
     assert free
@@ -72,8 +76,7 @@ def test_the_worker_processs_own_cpu_time_counts_as_free(tmp_path, ours):
 
 def test_idle_cpus_this_process_may_not_use_do_not_count(tmp_path, ours):
     other = max(ours) + 1  # a CPU outside this process's affinity (another job's core)
-    write_proc(tmp_path, 9, {other: 0}, 0)
-    gauge = SpareCpu(9, proc=str(tmp_path), window=WINDOW)
+    gauge = gauge_on(tmp_path, 9, {other: 0}, 0)
     free, _ = verdict_after(gauge, tmp_path, 9, {other: round(4 * WINDOW / TICK)}, 0)
     assert not free
     gauge.close()
@@ -81,8 +84,7 @@ def test_idle_cpus_this_process_may_not_use_do_not_count(tmp_path, ours):
 
 def test_unreadable_counters_leave_the_verdict_as_it_was(tmp_path, ours):
     cpu = min(ours)
-    write_proc(tmp_path, 5, {cpu: 0}, 0)
-    gauge = SpareCpu(5, proc=str(tmp_path), window=WINDOW)
+    gauge = gauge_on(tmp_path, 5, {cpu: 0}, 0)
     free, _ = verdict_after(gauge, tmp_path, 5, {cpu: 0}, 0)
     assert not free
     # A truncated process file and a short CPU row: no exception in the task process, no new verdict.
