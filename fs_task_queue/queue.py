@@ -374,13 +374,12 @@ class Queue:
         if wanted in (None, JobStatus.QUEUED):
             waiting = queued_names(self.storage) + self._list_tasks(layout.DELAYED)
             out += [Job(self, job_id_of(n), name=n) for n in sorted(waiting)]
-        if wanted in (None, JobStatus.STARTED):
-            for worker_id in self._list(layout.CLAIMED):
-                out += [Job(self, job_id_of(n), name=n) for n in self._list_tasks(layout.claimed_dir(worker_id))]
-        if wanted is None or wanted.is_done:
-            for job_id in sorted(self._list(layout.RESULTS)):
-                if job_id.startswith(".") or ".tmp" in job_id:
-                    continue
+        # claimed/ is listed before results/: see _running.
+        claimed = self._claimed_names() if wanted in (None, JobStatus.STARTED) else []
+        results = self._result_ids() if wanted is None or wanted.is_done else None
+        out += [Job(self, job_id_of(n), name=n) for n in self._running(claimed, results)]
+        if results is not None:
+            for job_id in sorted(results):
                 if wanted is None or self._result_status(job_id) is wanted:
                     out.append(Job(self, job_id))
         return out
@@ -390,10 +389,10 @@ class Queue:
         counts = {s.value: 0 for s in JobStatus}
         waiting = len(queued_names(self.storage)) + len(self._list_tasks(layout.DELAYED))
         counts[JobStatus.QUEUED.value] = waiting
-        counts[JobStatus.STARTED.value] = sum(
-            len(self._list_tasks(layout.claimed_dir(w))) for w in self._list(layout.CLAIMED)
-        )
-        for job_id in self._list(layout.RESULTS):
+        claimed = self._claimed_names()
+        results = self._result_ids()
+        counts[JobStatus.STARTED.value] = len(self._running(claimed, results))
+        for job_id in results:
             status = self._result_status(job_id)
             if status is not None:
                 counts[status.value] += 1
@@ -445,6 +444,27 @@ class Queue:
 
     def _list_tasks(self, directory: str) -> list[str]:
         return sorted(n for n in self._list(directory) if not n.startswith("."))
+
+    def _claimed_names(self) -> list[str]:
+        """The task files in every worker's ``claimed/`` folder, a worker at a time."""
+        return [n for w in self._list(layout.CLAIMED) for n in self._list_tasks(layout.claimed_dir(w))]
+
+    def _running(self, claimed: list[str], results: list[str] | None) -> list[str]:
+        """The claimed task files whose job has no result yet (``results``: listed already, or None).
+
+        A worker publishes a result before it moves the task file out of
+        ``claimed/``, so for a moment a finished job's file is still there; it
+        is not running. Looking at ``results/`` after listing ``claimed/`` keeps
+        a job that finishes in between from counting as both.
+        """
+        if results is None:  # a few claims: a look each is cheaper than listing results/
+            return [n for n in claimed if not self.storage.exists(layout.result_path(job_id_of(n)))]
+        done = set(results)
+        return [n for n in claimed if job_id_of(n) not in done]
+
+    def _result_ids(self) -> list[str]:
+        """The job ids in ``results/`` (not temporary or dot files)."""
+        return [r for r in self._list(layout.RESULTS) if not r.startswith(".") and ".tmp" not in r]
 
     def _result_status(self, job_id: str) -> JobStatus | None:
         status = self._status_cache.get(job_id)

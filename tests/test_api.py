@@ -485,6 +485,33 @@ def test_dequeue_and_run_in_process(queue):
     assert queue.stats()["started"] == 0
 
 
+def test_a_job_whose_result_is_in_is_not_counted_as_started(queue):
+    # A worker publishes the result, then moves the task file out of claimed/:
+    # in between, stats() and jobs() must not call the finished job started too.
+    from fs_task_queue.execute import call_task, outcome_record, publish_outcome, read_claimed, seal_outcome
+    from fs_task_queue.runtime import TaskContext
+
+    job = queue.enqueue(operator.add, 2, 3)
+    claimed = queue.dequeue(timeout=5, worker_id="in-process")
+    task = read_claimed(claimed)
+    assert task is not None
+    result = call_task(task, TaskContext(queue, task.job_id, name=task.name))
+    seen = {}
+
+    def look() -> None:
+        assert (Path(queue.path) / "claimed" / "in-process" / task.name).exists(), "the task file is still claimed"
+        seen["stats"] = queue.stats()
+        seen["started"] = [j.id for j in queue.jobs("started")]
+        seen["all"] = [j.id for j in queue.jobs()]
+
+    record = outcome_record(claimed, task, result, worker="in-process")
+    publish_outcome(claimed, seal_outcome(claimed, record, result.payload), failed=False, on_published=look)
+    assert seen["stats"]["started"] == 0 and seen["stats"]["finished"] == 1
+    assert seen["started"] == []
+    assert seen["all"] == [job.id], "listed once, as done"
+    assert job.result == 5
+
+
 def test_dequeue_waits_for_a_task(queue, tmp_path):
     # A task submitted from another process while dequeue() waits is picked up.
     code = "import sys, time, operator; from fs_task_queue import Queue; time.sleep(0.3); "
