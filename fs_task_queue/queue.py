@@ -457,6 +457,8 @@ class Queue:
         is not running. Looking at ``results/`` after listing ``claimed/`` keeps
         a job that finishes in between from counting as both.
         """
+        if not claimed:
+            return []
         if results is None:  # a few claims: a look each is cheaper than listing results/
             return [n for n in claimed if not self.storage.exists(layout.result_path(job_id_of(n)))]
         done = set(results)
