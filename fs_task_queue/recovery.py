@@ -96,7 +96,10 @@ class Recoverer:
                 # identity file, which it does after taking the lock: before
                 # that it may be registering right now (between creating the
                 # lock file and locking it), so its heartbeat decides instead.
-                if held is False and registered is not None:
+                # A clean exit removes the identity file before it drops the
+                # lock, so read it again: an exit between the first read and
+                # the probe left the lock free and the identity gone.
+                if held is False and registered is not None and self._identity(worker_id) is not None:
                     return "dead"
         if self.wall_clock:
             return "dead" if mtime is None or time.time() - mtime > self.dead_after else "alive"

@@ -97,3 +97,29 @@ def test_a_free_lock_before_the_identity_file_is_not_a_dead_worker(tmp_path):
     finally:
         live.kill()
         live.wait(10)
+
+
+def test_a_clean_exit_between_the_identity_read_and_the_probe_is_not_a_death(tmp_path, monkeypatch):
+    # A claimer that exits removes its identity file, then releases its lock,
+    # then deletes the lock file. A recoverer that read the identity file just
+    # before and probes the lock just after the release finds it free: that
+    # worker exited cleanly and must not be presumed dead (seen once in the
+    # two-sshfs-mounts test: "worker host-a-2 is dead" as the drain ended).
+    import fs_task_queue.recovery as recovery
+    from fs_task_queue.queue import Claimer
+
+    queue = Queue(tmp_path / "q")
+    leaving = Claimer(queue, "w")
+    leaving.register()
+    recoverer = recovery.Recoverer(queue, "me", dead_after=60)
+    real_probe = recovery.probe_alive_lock
+
+    def exit_then_probe(storage, worker_id):
+        # The exit's first two steps happen in the recoverer's window; the lock file stays.
+        storage.remove(layout.identity_path(worker_id))
+        assert leaving._lock is not None
+        leaving._lock.release(remove=False)
+        return real_probe(storage, worker_id)
+
+    monkeypatch.setattr(recovery, "probe_alive_lock", exit_then_probe)
+    assert recoverer.verdict("w") != "dead"
