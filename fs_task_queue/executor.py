@@ -37,6 +37,7 @@ class JobFuture(Future[Any]):
     def __init__(self, job: Job) -> None:
         super().__init__()
         self.job = job
+        self._cancel_lock = threading.Lock()
 
     def cancel(self) -> bool:
         """Cancel the job in the queue (queued or running) and this future."""
@@ -44,7 +45,23 @@ class JobFuture(Future[Any]):
             return False
         if not self.job.cancel() and self.job.done():
             return False  # it finished first: the watcher will deliver its result
-        return super().cancel()
+        return self._cancel_and_notify()
+
+    def _cancel_and_notify(self) -> bool:
+        # Future.cancel() alone wakes result() but not concurrent.futures.wait()
+        # or as_completed(): their waiters hear of a cancel only through
+        # set_running_or_notify_cancel(), which an executor must call.
+        with self._cancel_lock:  # the user's thread and the watcher's may both cancel
+            if self.cancelled():
+                return True
+            if not super().cancel():
+                return False
+            self.set_running_or_notify_cancel()
+            return True
+
+    def running(self) -> bool:
+        """True while a worker runs the job (asks the queue: the future is never set running)."""
+        return not self.done() and self.job.get_status() is JobStatus.STARTED
 
 
 def run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
@@ -56,6 +73,12 @@ class QueueExecutor(Executor):
     """Submit calls to ``queue``; ``options`` (timeout, retries, metadata...) apply to each."""
 
     def __init__(self, queue: Queue, **options: Any) -> None:
+        if "job_id" in options:
+            # One id for every submission: the second would collide with the first.
+            raise ValueError(
+                "QueueExecutor does not take job_id: every submission needs its own id."
+                " Use queue.enqueue_call(fn, args, kwargs, job_id=...) to name a single job"
+            )
         self.queue = queue
         self.options = options
         self._pending: dict[str, JobFuture] = {}
@@ -133,7 +156,7 @@ class QueueExecutor(Executor):
             if outcome is not None and outcome.status is JobStatus.CANCELED:
                 with self._lock:
                     self._pending.pop(job_id, None)
-                Future.cancel(future)  # a canceled job is a cancelled future, not an error
+                future._cancel_and_notify()  # a canceled job is a cancelled future, not an error
                 continue
             if outcome is not None:
                 try:
@@ -147,13 +170,13 @@ class QueueExecutor(Executor):
     def _finish(self, job_id: str, future: JobFuture, value: Any, error: BaseException | None) -> None:
         with self._lock:
             self._pending.pop(job_id, None)
-        if future.cancelled():
-            return
-        if future.set_running_or_notify_cancel():
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
+        with future._cancel_lock:
+            if future.cancelled() or not future.set_running_or_notify_cancel():
+                return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
 
     def _watch(self) -> None:
         with DirWatcher([self.queue.storage.local_path(layout.RESULTS)]) as watcher:

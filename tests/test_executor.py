@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from concurrent.futures import CancelledError, Executor, as_completed
+import subprocess
+import sys
+from concurrent.futures import CancelledError, Executor, as_completed, wait
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 
 import pytest
-from helpers import WAIT, divide, run_burst, touch_and_return
+from helpers import WAIT, divide, run_burst, touch_and_return, wait_for, wait_for_file
 
 from fs_task_queue import JobCanceledError, JobFuture, JobStatus, QueueExecutor, RemoteError
 
@@ -159,3 +162,53 @@ def test_map_submits_every_call_at_once(queue):
     run_burst(queue.path)
     assert list(results) == [0, -1, -2, -3, -4]
     ex.shutdown()
+
+
+
+def gated(path: str) -> bool:
+    wait_for_file(path)
+    return True
+
+
+@pytest.mark.parametrize("how", ["future", "job", "cli", "map"])
+def test_a_canceled_future_wakes_wait_and_as_completed(queue, how):
+    # concurrent.futures.wait() and as_completed() learn of a cancel only through
+    # set_running_or_notify_cancel(); without it they wait forever.
+    ex = queue.executor()
+    try:
+        if how == "map":
+            results = ex.map(operator.add, [1, 2], [3, 4], timeout=0.2)
+            futures = list(ex._pending.values())
+            with pytest.raises(FuturesTimeoutError):
+                next(results)  # no worker: leaving map early cancels the calls it submitted
+        else:
+            futures = [ex.submit(operator.add, 1, 2)]
+            job = futures[0].job
+            if how == "future":
+                assert futures[0].cancel()
+            elif how == "job":
+                assert job.cancel()
+            else:
+                cli = [sys.executable, "-m", "fs_task_queue", "cancel", str(queue.path), job.id]
+                subprocess.run(cli, check=True, capture_output=True, timeout=WAIT)
+        done, not_done = wait(futures, timeout=WAIT)
+        assert done == set(futures) and not not_done
+        assert set(as_completed(futures, timeout=WAIT)) == set(futures)
+        assert all(f.cancelled() for f in futures)
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_future_running_while_the_job_runs(queue, worker, tmp_path):
+    gate = tmp_path / "gate"
+    with queue.executor() as ex:
+        fut = ex.submit(gated, str(gate))
+        wait_for(fut.running, what="the future to say it runs")
+        gate.touch()
+        assert fut.result(timeout=WAIT) is True
+        assert not fut.running()
+
+
+def test_executor_refuses_a_job_id_for_every_submission(queue):
+    with pytest.raises(ValueError, match="job_id"):
+        queue.executor(job_id="same-for-all")
