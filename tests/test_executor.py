@@ -164,7 +164,6 @@ def test_map_submits_every_call_at_once(queue):
     ex.shutdown()
 
 
-
 def gated(path: str) -> bool:
     wait_for_file(path)
     return True
