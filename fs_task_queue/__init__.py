@@ -30,11 +30,11 @@ from fs_task_queue.job import Job
 from fs_task_queue.progress import JobInfo, Progress, WorkerInfo
 from fs_task_queue.queue import Queue
 from fs_task_queue.runtime import current_job, progress
+from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
     from fs_task_queue.executor import JobFuture, QueueExecutor
-from fs_task_queue.status import JobStatus
-from fs_task_queue.worker import Worker
+    from fs_task_queue.worker import Worker
 
 __all__ = [
     "CorruptFileError",
@@ -67,10 +67,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The executor pulls in concurrent.futures: imported only when asked for,
-    # so a worker or a plain client starts faster.
+    # Imported only when asked for, so a client (a notebook that only submits)
+    # does not load the worker (supervise, board, recovery...) and a worker
+    # does not load concurrent.futures.
     if name in ("JobFuture", "QueueExecutor"):
         from fs_task_queue import executor
 
         return getattr(executor, name)
+    if name == "Worker":
+        from fs_task_queue.worker import Worker
+
+        return Worker
     raise AttributeError(f"module 'fs_task_queue' has no attribute {name!r}")

@@ -528,3 +528,16 @@ def test_queue_equality_and_repr(qpath: Path):
     a, b = Queue(qpath), Queue(str(qpath))
     assert a == b and hash(a) == hash(b)
     assert str(qpath) in repr(a)
+
+
+def test_import_loads_the_client_only():
+    # A notebook that only submits must not pay for the worker's modules.
+    code = (
+        "import sys, fs_task_queue\n"
+        "worker_side = ('worker', 'supervise', 'board', 'spare_cpu', 'serve', 'recovery', 'maintenance', 'security')\n"
+        "print(sorted(m for m in worker_side if 'fs_task_queue.' + m in sys.modules))\n"
+        "fs_task_queue.Worker\n"
+        "print('fs_task_queue.worker' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "True"]
