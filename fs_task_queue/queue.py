@@ -766,6 +766,8 @@ def _options(
         opts["retries"] = retries
         opts["retry_delay"] = float(retry_delay)
         opts["retry_backoff"] = float(retry_backoff)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict (of JSON-serializable values), got {type(metadata).__name__}")
     if metadata:
         try:
             json.dumps(metadata)

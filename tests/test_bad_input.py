@@ -177,6 +177,8 @@ def test_unpicklable_result_fails_only_that_task(queue):
         {"timeout": -1},
         {"retries": -1},
         {"metadata": {"not json": object()}},
+        {"metadata": ["a", "list"]},
+        {"metadata": "text"},
     ],
     ids=repr,
 )
