@@ -94,7 +94,10 @@ class Queue:
             if path is None:
                 raise TypeError("Queue() needs a path (or a storage)")
             file_mode, dir_mode = (0o660, 0o2770) if shared else (0o600, 0o700)
-            storage = LocalStorage(path, file_mode=file_mode, dir_mode=dir_mode, durable=durable)
+            # "~/q" means the home directory, as the worker's `--path ~/q` does
+            # after the shell expands it; left as is it would be ./~/q.
+            root = os.path.expanduser(os.fspath(path))
+            storage = LocalStorage(root, file_mode=file_mode, dir_mode=dir_mode, durable=durable)
         self.storage: Storage = storage
         self.path = storage.location
         self._host = os.uname().nodename

@@ -447,3 +447,12 @@ def test_python_version_mismatch(qpath, tmp_path, monkeypatch):
     assert exc.remote_type == "fs_task_queue.errors.PythonVersionMismatchError"
     assert "2.7" in exc.remote_message
     assert THIS_PYTHON in exc.remote_message
+
+
+def test_a_path_with_a_tilde_means_the_home_directory(tmp_path, monkeypatch):
+    # The worker's `--path ~/q` is expanded by the shell; Queue("~/q") must name the same folder.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    queue = Queue("~/queues/x")
+    assert queue.path == str(tmp_path / "home" / "queues" / "x")
+    assert not (tmp_path / "~").exists()
