@@ -209,14 +209,22 @@ class Job:
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise WaitTimeoutError(
-                        f"job {self.id} is still {self.get_status().value} after {timeout} s;"
-                        " it goes on: wait again, or cancel it with job.cancel()"
-                    )
+                    raise WaitTimeoutError(self._still_running_message(timeout))
                 changed = watcher.wait(left)
                 if changed is None or self.id in changed:
                     break  # look again only when our result may be there
         return outcome
+
+    def _still_running_message(self, timeout: float | None) -> str:
+        status = self.get_status()
+        message = f"job {self.id} is still {status.value} after {timeout} s"
+        if status is JobStatus.QUEUED and not self.queue.workers():
+            # The commonest reason a first job never runs: nothing serves the queue.
+            return (
+                f"{message}, and no worker is registered on {self.queue.path}: start one with"
+                f" `fs-task-queue-worker --path {self.queue.path}` (the job stays queued until then)"
+            )
+        return f"{message}; it goes on: wait again, or cancel it with job.cancel()"
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job is done and return its result (or raise its error).

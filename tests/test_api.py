@@ -100,9 +100,20 @@ def test_wait_timeout_leaves_the_job_queued(queue):
         job.wait(timeout=0.2)
     assert isinstance(excinfo.value, TimeoutError)
     assert job.id in str(excinfo.value)
+    assert "no worker is registered" in str(excinfo.value) and "fs-task-queue-worker --path" in str(excinfo.value)
     assert job.get_status() is JobStatus.QUEUED
     run_burst(queue.path)
     assert job.wait(timeout=WAIT) == 4
+
+
+def test_wait_timeout_with_a_worker_does_not_blame_workers(queue, worker, tmp_path):
+    job = queue.enqueue(wait_for_file, str(tmp_path / "gate"))
+    wait_for(lambda: job.get_status() is JobStatus.STARTED, what="the job to start")
+    with pytest.raises(WaitTimeoutError) as excinfo:
+        job.wait(timeout=0.2)
+    assert "still started" in str(excinfo.value) and "no worker" not in str(excinfo.value)
+    (tmp_path / "gate").touch()
+    assert job.wait(timeout=WAIT) is None
 
 
 # ------------------------------------------------------------ arguments and options
