@@ -15,6 +15,7 @@ directory and a remote one share it. In short:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import itertools
@@ -23,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -508,7 +510,13 @@ class Queue:
         when no task came. This is the building block of custom workers.
         """
         if self._claimer is None or (worker_id is not None and self._claimer.worker_id != worker_id):
+            if self._claimer is not None:
+                self._claimer.close()
             self._claimer = Claimer(self, worker_id or default_worker_id())
+            # A process that claimed and then exits must unregister, or its
+            # heartbeat file stays: `info` would show a phantom worker and every
+            # worker would "recover" it. (A killed process is recovered as dead.)
+            atexit.register(_close_at_exit, weakref.ref(self._claimer))
         claimer = self._claimer
         deadline = None if timeout is None else time.monotonic() + timeout
         watcher = self._watcher(layout.QUEUED)
@@ -713,6 +721,12 @@ class Claimer:
     def __iter__(self) -> Iterator[Job]:
         while (job := self.claim()) is not None:
             yield job
+
+
+def _close_at_exit(ref: weakref.ref[Claimer]) -> None:
+    claimer = ref()
+    if claimer is not None:
+        claimer.close()
 
 
 def _reopen(storage: Storage) -> Queue:

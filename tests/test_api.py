@@ -496,6 +496,22 @@ def test_dequeue_and_run_in_process(queue):
     assert queue.stats()["started"] == 0
 
 
+def test_a_process_that_dequeued_and_exited_leaves_no_worker_behind(queue):
+    job = queue.enqueue(operator.add, 2, 3)
+    left = queue.enqueue(operator.add, 4, 5)
+    code = (
+        "import sys\nfrom fs_task_queue import Queue\n"
+        "q = Queue(sys.argv[1])\n"
+        "q.dequeue(timeout=5, worker_id='custom-loop')()\n"
+        "q.dequeue(timeout=5)\n"  # claimed, never run: put back at exit
+    )
+    subprocess.run([sys.executable, "-c", code, str(queue.path)], check=True, timeout=WAIT)
+    assert job.result == 5
+    assert queue.workers() == [], "a phantom worker was left registered"
+    assert list((Path(queue.path) / "claimed").iterdir()) == []
+    assert left.get_status() is JobStatus.QUEUED
+
+
 def test_a_job_whose_result_is_in_is_not_counted_as_started(queue):
     # A worker publishes the result, then moves the task file out of claimed/:
     # in between, stats() and jobs() must not call the finished job started too.
