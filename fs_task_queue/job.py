@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from fs_task_queue.errors import (
 )
 from fs_task_queue.progress import JobInfo, Progress
 from fs_task_queue.serialize import RESULT_MAGIC, TASK_MAGIC, loads, open_envelope, seal
+from fs_task_queue.snapshot import parse_progress
 from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
@@ -286,19 +286,30 @@ class Job:
         """What the task wrote to stderr so far (readable while it runs)."""
         return self._read_text("stderr")
 
+    def read_output(self, stream: str = "stdout", offset: int = 0) -> bytes:
+        """What the task wrote to ``stream`` (``"stdout"`` or ``"stderr"``) from byte ``offset`` on.
+
+        Follows a running task's output without reading it all again: keep
+        ``offset += len(data)``. Decode with an incremental decoder
+        (``codecs.getincrementaldecoder("utf-8")``): a read can end inside a
+        multi-byte character.
+        """
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be 'stdout' or 'stderr', got {stream!r}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset!r}")
+        try:
+            return self.queue.storage.read_from(layout.job_file(self.id, stream), offset)
+        except (FileNotFoundError, NotADirectoryError):
+            return b""
+
     @property
     def progress(self) -> Progress | None:
         """The last progress the task reported, or None."""
         try:
-            data = json.loads(self.queue.storage.read(layout.job_file(self.id, "progress")))
-        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return parse_progress(self.queue.storage.read(layout.job_file(self.id, "progress")))
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        return Progress(
-            done=data.get("done", 0),
-            total=data.get("total"),
-            message=data.get("message"),
-            updated_at=data.get("at", 0.0),
-        )
 
     # ---------------------------------------------------------------- details
     def _read_task_header(self) -> dict[str, Any] | None:

@@ -46,6 +46,7 @@ from fs_task_queue.serialize import (
     seal_encoded,
 )
 from fs_task_queue.shards import Backlog, iter_queued_names, move_to_queued, publish_queued, queued_names
+from fs_task_queue.snapshot import JobState, snapshot
 from fs_task_queue.status import JobStatus
 from fs_task_queue.storage import Storage
 from fs_task_queue.storage.local import LocalStorage
@@ -403,6 +404,14 @@ class Queue:
                 counts[status.value] += 1
         counts["workers"] = len(self.workers())
         return counts
+
+    def snapshot(self, jobs: Iterable[Job | str], *, progress: bool = True) -> dict[str, JobState]:
+        """The states of many jobs (jobs or ids) at once, by id, from a few directory listings.
+
+        Much cheaper than asking each job: see :func:`fs_task_queue.snapshot.snapshot`.
+        Live views (widgets, progress bars) poll through it.
+        """
+        return snapshot(self, jobs, progress=progress)
 
     def workers(self) -> list[WorkerInfo]:
         """The registered workers, with heartbeat age and running jobs."""

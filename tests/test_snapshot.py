@@ -1,0 +1,128 @@
+"""queue.snapshot(): many jobs' states from a few listings; job.read_output(): output from an offset."""
+
+from __future__ import annotations
+
+import codecs
+import operator
+from collections import Counter
+from typing import Any
+
+from helpers import WAIT, divide, run_burst, wait_for, wait_for_file
+
+from fs_task_queue import JobStatus, Queue, progress
+from fs_task_queue.storage.local import LocalStorage
+
+
+class CountingStorage:
+    """A real LocalStorage that counts the operations made through it (what a remote storage pays for)."""
+
+    def __init__(self, inner: LocalStorage) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name == "local_path":
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+    def ops(self) -> int:
+        total = sum(self.calls.values())
+        self.calls.clear()
+        return total
+
+
+def counted_queue(queue: Queue) -> tuple[Queue, CountingStorage]:
+    storage = CountingStorage(LocalStorage(queue.path))
+    return Queue(storage=storage), storage
+
+
+def report_and_wait(gate: str) -> str:
+    progress(3, 4, "three of four")
+    print("line one")
+    wait_for_file(gate)
+    print("line two é")
+    return "done"
+
+
+def test_snapshot_classifies_every_state(queue, worker, tmp_path):
+    gate = str(tmp_path / "gate")
+    finished = queue.enqueue(operator.add, 1, 2)
+    failed = queue.enqueue(divide, 1, 0)
+    assert finished.wait(timeout=WAIT) == 3
+    wait_for(failed.done)
+    running = queue.enqueue(report_and_wait, gate)
+    wait_for(lambda: running.progress is not None, what="the progress report")
+    canceled = queue.enqueue(operator.add, 5, 5)
+    queued = [queue.enqueue(operator.add, i, i) for i in range(3)]
+    assert canceled.cancel()
+
+    states = queue.snapshot([finished, failed, running, canceled, *queued, running.id])
+    assert {j: s.status for j, s in states.items()} == {
+        finished.id: JobStatus.FINISHED,
+        failed.id: JobStatus.FAILED,
+        running.id: JobStatus.STARTED,
+        canceled.id: JobStatus.CANCELED,
+        **{q.id: JobStatus.QUEUED for q in queued},
+    }
+    assert states[running.id].worker == worker
+    report = states[running.id].progress
+    assert report is not None and (report.done, report.total, report.message) == (3, 4, "three of four")
+    assert states[finished.id].progress is None and states[finished.id].worker is None
+    assert queue.snapshot([running], progress=False)[running.id].progress is None
+    # The same answers as asking each job.
+    assert all(queue.job(j).get_status() is s.status for j, s in states.items())
+    (tmp_path / "gate").touch()
+    assert running.wait(timeout=WAIT) == "done"
+
+
+def test_snapshot_cost_does_not_grow_with_queued_jobs(queue):
+    client, storage = counted_queue(queue)
+    few = client.map(operator.neg, range(20))
+    storage.ops()
+    client.snapshot(few)
+    cost_few = storage.ops()
+    many = few + client.map(operator.neg, range(1000))
+    storage.ops()
+    states = client.snapshot(many)
+    assert storage.ops() == cost_few <= 3  # claimed/ and results/ listed, nothing read
+    assert {s.status for s in states.values()} == {JobStatus.QUEUED}
+    # A handful of jobs: one look each instead of listing results/.
+    client.snapshot(few[:2])
+    assert storage.ops() <= 3
+
+
+def test_snapshot_reads_a_done_result_once(queue):
+    jobs = queue.map(operator.neg, range(30))
+    run_burst(queue.path)
+    client, storage = counted_queue(queue)
+    first = client.snapshot(jobs)
+    assert {s.status for s in first.values()} == {JobStatus.FINISHED}
+    assert storage.ops() >= 30  # each result read once
+    again = client.snapshot(jobs)
+    assert again == first
+    assert storage.ops() == 0, "finished jobs are known: nothing to look at"
+
+
+def test_read_output_follows_a_running_task(queue, worker, tmp_path):
+    gate = tmp_path / "gate"
+    job = queue.enqueue(report_and_wait, str(gate))
+    wait_for(lambda: job.read_output("stdout") != b"", what="the first line")
+    first = job.read_output("stdout")
+    assert first == b"line one\n"
+    gate.touch()
+    job.wait(timeout=WAIT)
+    rest = job.read_output("stdout", len(first))
+    assert rest == "line two é\n".encode()
+    # A read can end inside a character: an incremental decoder joins the pieces.
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    whole = job.read_output("stdout")
+    text = "".join(decoder.decode(whole[i : i + 1]) for i in range(len(whole)))
+    assert text == job.stdout == "line one\nline two é\n"
+    assert job.read_output("stderr") == b"" and job.read_output("stdout", len(whole)) == b""
