@@ -26,6 +26,7 @@ from fs_task_queue.errors import (
     WorkerError,
     WorkerLostError,
 )
+from fs_task_queue.group import JobGroup
 from fs_task_queue.job import Job
 from fs_task_queue.progress import JobInfo, Progress, WorkerInfo
 from fs_task_queue.queue import Queue
@@ -44,6 +45,7 @@ __all__ = [
     "JobCanceledError",
     "JobError",
     "JobFuture",
+    "JobGroup",
     "JobInfo",
     "JobStatus",
     "JobTimeoutError",

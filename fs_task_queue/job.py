@@ -421,6 +421,11 @@ class Job:
                 status = "unknown"
         return f"<Job {self.id} {status}>"
 
+    def _repr_html_(self) -> str:
+        from fs_task_queue.reprs import job_html
+
+        return job_html(self)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id and other.queue == self.queue
 

@@ -32,6 +32,7 @@ from fs_task_queue import layout
 from fs_task_queue._version import __version__
 from fs_task_queue.errors import CorruptFileError, QueueError
 from fs_task_queue.faults import crash_point
+from fs_task_queue.group import JobGroup
 from fs_task_queue.ids import is_generated_id, job_id_of, new_order_key, task_name, validate_job_id
 from fs_task_queue.job import Job, Outcome
 from fs_task_queue.liveness import AliveLock, HostIdentity
@@ -276,11 +277,12 @@ class Queue:
         retry_delay: float = 0.0,
         retry_backoff: float = 2.0,
         metadata: dict[str, Any] | None = None,
-    ) -> list[Job]:
+    ) -> JobGroup:
         """Submit ``func(*items)`` for each tuple of items, like builtin ``map``.
 
         Much faster per task than a loop of :meth:`enqueue`: the function is
-        pickled once and shared by every task file. Returns the jobs in order.
+        pickled once and shared by every task file. Returns the jobs in order,
+        as a :class:`~fs_task_queue.group.JobGroup` (a list of jobs).
         """
         options = _options(timeout, retries, retry_delay, retry_backoff, metadata)
         func_bytes, _ = dumps_call(func, (), {})
@@ -291,8 +293,8 @@ class Queue:
 
     def enqueue_many(
         self, func: Callable[..., Any], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], **options: Any
-    ) -> list[Job]:
-        """Submit ``func(*args, **kwargs)`` for each ``(args, kwargs)`` in ``calls``."""
+    ) -> JobGroup:
+        """Submit ``func(*args, **kwargs)`` for each ``(args, kwargs)`` in ``calls``; return a :class:`JobGroup`."""
         opts = _options(**options)
         func_bytes, _ = dumps_call(func, (), {})
         payloads = [dumps((tuple(a), dict(k)), "the arguments") for a, k in calls]
@@ -300,10 +302,10 @@ class Queue:
 
     def _submit_many(
         self, func: Callable[..., Any], func_bytes: bytes, payloads: list[bytes], options: dict[str, Any]
-    ) -> list[Job]:
+    ) -> JobGroup:
         # Sealed in chunks, each written in one tight loop (see _publish): the
         # signed copies of large arguments are held a chunk at a time, not all.
-        jobs: list[Job] = []
+        jobs = JobGroup()
         for start in range(0, len(payloads), _SEAL_CHUNK):
             chunk = payloads[start : start + _SEAL_CHUNK]
             tasks = [self._seal(func, func_bytes, payload, options, None) for payload in chunk]
@@ -546,6 +548,11 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue({self.path!r})"
+
+    def _repr_html_(self) -> str:
+        from fs_task_queue.reprs import queue_html
+
+        return queue_html(self)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Queue) and other.path == self.path
