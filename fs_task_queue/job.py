@@ -180,7 +180,8 @@ class Job:
                 raise NoSuchJobError(_missing_result(self, kept))
             raise NoSuchJobError(
                 f"no job {self.id!r} in the queue at {self.queue.path}: check the id"
-                " (queue.jobs() lists the jobs; purged jobs are gone)"
+                " (queue.jobs() lists the jobs; purged jobs are gone). If its task file was deleted by hand,"
+                f" nothing is left of it: `fs-task-queue requeue {self.id}` fails it so waiting clients stop"
             )
         self._name = found[0]
         self._seen_in = found[1]
