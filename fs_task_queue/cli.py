@@ -150,6 +150,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"queue {queue.path}")
     print(f"guarantee: {guarantee(queue.path)}")
     print("  " + "  ".join(f"{s.value}: {stats[s.value]}" for s in JobStatus))
+    if stats.get("unreadable"):
+        print(
+            f"  unreadable results: {stats['unreadable']} (they fail verification: see 'fs-task-queue jobs';"
+            " 'fs-task-queue purge' removes them)"
+        )
     workers = queue.workers()
     print(f"workers: {len(workers)}")
     for w in workers:
@@ -159,7 +164,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if failed:
         print(f"recent failures (last {len(failed)}):")
         for job in failed:
-            info = job.info()
+            try:
+                info = job.info()
+            except (FSQError, OSError) as exc:  # one bad entry does not hide the others
+                print(f"  {job.id}  error: {exc}")
+                continue
             print(f"  {job.id}  {info.function}  {info.error}")
     return 0
 
@@ -169,10 +178,23 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     jobs = queue.jobs(args.status)
     if args.limit:
         jobs = jobs[-args.limit :]
+    bad = 0
     for job in jobs:
-        info = job.info()
+        try:
+            info = job.info()
+        except (FSQError, OSError) as exc:  # a job whose files vanished meanwhile, say: report it, go on
+            bad += 1
+            print(f"{job.id}  {'error':<8}  {'-':>8}  {exc}")
+            continue
+        if info.status == "unreadable":
+            bad += 1
+            print(f"{job.id}  {info.status:<8}  {'-':>8}  {info.error}")
+            continue
         took = info.ended_at - info.started_at if info.ended_at and info.started_at else None
         print(f"{job.id}  {info.status:<8}  {_duration(took):>8}  {info.function or '-'}")
+    if bad:
+        print(f"fs-task-queue: {bad} job(s) above could not be read (see their lines)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -193,7 +215,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if prog is not None:
         total = f"/{prog.total:g}" if prog.total else ""
         print(f"progress  {prog.done:g}{total}  {prog.message or ''}")
-    outcome = job._load_outcome()
+    if info.status == "unreadable":
+        print(f"problem   {info.error}")
+    outcome = job._load_outcome() if info.status != "unreadable" else None
     if outcome is not None:
         error = outcome.error()
         if error is None:
@@ -213,6 +237,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
+    from fs_task_queue.maintenance import fail_orphans
     from fs_task_queue.queue import Claimer, default_worker_id
     from fs_task_queue.recovery import Recoverer
 
@@ -227,6 +252,8 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     finally:
         claimer.close()
     print(f"recovered {len(recovered)} job(s) from dead workers" + (": " + " ".join(recovered) if recovered else ""))
+    for note in fail_orphans(queue).notes:
+        print(note)
     return 0
 
 
@@ -237,6 +264,8 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     statuses = {JobStatus(s) for s in args.status} if args.status else None
     purged = purge(queue, args.older_than, statuses)
     print(f"purged {len(purged)} job(s)")
+    for note in purged.notes:
+        print(note)
     return 0
 
 
@@ -249,6 +278,8 @@ def _cmd_requeue(args: argparse.Namespace) -> int:
     queue = Queue(args.path, create=False)
     done = requeue_failed(queue, None if args.all else args.job_ids)
     print(f"requeued {len(done)} job(s)" + (": " + " ".join(done) if done else ""))
+    for note in done.notes:
+        print(note)
     return 0
 
 
@@ -265,8 +296,10 @@ def _cmd_stop_worker(args: argparse.Namespace) -> int:
 
     queue = Queue(args.path, create=False)
     for worker_id in args.worker_ids:
-        stop_worker(queue, worker_id)
-        print(f"{worker_id}: heartbeat file deleted; it stops after its current task")
+        if stop_worker(queue, worker_id):
+            print(f"{worker_id}: heartbeat file deleted; it stops after its current task")
+        else:
+            print(f"{worker_id}: already stopping (its heartbeat file is gone)")
     return 0
 
 

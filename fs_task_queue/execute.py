@@ -236,7 +236,14 @@ def publish_outcome(job: Job, data: bytes, *, failed: bool, on_published: Callab
     queue = job.queue
     crash_point("before-commit")
     try:
-        queue.storage.publish(layout.result_path(job.id), data, replace=False)
+        try:
+            queue.storage.publish(layout.result_path(job.id), data, replace=False)
+        except FileExistsError:
+            if queue._has_outcome(job.id):
+                raise
+            # The file in the way failed verification and was quarantined: it
+            # was nobody's outcome, so this one is the job's first.
+            queue.storage.publish(layout.result_path(job.id), data, replace=False)
     except FileExistsError:
         log.info("job %s already has an outcome (canceled or run elsewhere); dropping this one", job.id)
         release(job)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
 from fs_task_queue.errors import (
+    CorruptFileError,
     FSQError,
     JobCanceledError,
     JobError,
@@ -16,6 +17,7 @@ from fs_task_queue.errors import (
     WorkerLostError,
     remote_error_class,
 )
+from fs_task_queue.ids import job_id_of
 from fs_task_queue.progress import JobInfo, Progress
 from fs_task_queue.serialize import RESULT_MAGIC, TASK_MAGIC, loads, open_envelope, seal
 from fs_task_queue.snapshot import parse_progress
@@ -99,6 +101,21 @@ class Outcome:
         return self.value()
 
 
+def _missing_task(job: Job) -> str:
+    return (
+        f"job {job.id} has no task file (not in queued/, delayed/ or any claimed/<worker>/) and no result in"
+        f" {job.queue.path}: its file was deleted by hand. Nothing is left to run: `fs-task-queue requeue"
+        f" {job.id}` fails it so waiting clients stop waiting; submit it again to run it"
+    )
+
+
+def _missing_result(job: Job, kept: str) -> str:
+    return (
+        f"job {job.id} has no result file (results/{job.id} was deleted by hand?) though its task file is kept"
+        f" in {kept}: `fs-task-queue requeue {job.id}` runs it again, `fs-task-queue recover` fails it"
+    )
+
+
 def _copy_state(original: BaseException, remote: BaseException) -> None:
     """Give the remote error the original's attributes (``e.code``, ``e.errno``...)."""
     for name, value in vars(original).items():
@@ -130,6 +147,8 @@ class Job:
         self._name = name
         self._task_header = header
         self._claimed_by = claimed_by
+        #: The claimed/ folder the task file was last seen in (status looks there first).
+        self._seen_in: str | None = claimed_by
         self._outcome: Outcome | None = None
 
     # ----------------------------------------------------------------- status
@@ -147,17 +166,52 @@ class Job:
 
     def _resolve(self) -> None:
         """Find the task file name of a reattached job, or raise NoSuchJobError."""
-        if self._name is not None or self._load_outcome() is not None:
-            return
+        try:
+            if self._name is not None or self._load_outcome() is not None:
+                return
+        except FSQError:
+            return  # a result file that fails verification: the job exists (info() says what is wrong)
         found = self.queue._find_task(self.id)
         if found is None:
             if self._load_outcome() is not None:  # it finished while we looked
                 return
+            kept = self._kept_task()
+            if kept is not None:
+                raise NoSuchJobError(_missing_result(self, kept))
             raise NoSuchJobError(
                 f"no job {self.id!r} in the queue at {self.queue.path}: check the id"
-                " (queue.jobs() lists the jobs; purged jobs are gone)"
+                " (queue.jobs() lists the jobs; purged jobs are gone). If its task file was deleted by hand,"
+                f" nothing is left of it: `fs-task-queue requeue {self.id}` fails it so waiting clients stop"
             )
         self._name = found[0]
+        self._seen_in = found[1]
+
+    def _kept_task(self) -> str | None:
+        """The path of this job's task file in ``done/`` or ``failed/``, if one is kept there."""
+        storage = self.queue.storage
+        if self._name is not None:
+            for path in (layout.done_task_path(self._name), layout.failed_task_path(self._name)):
+                if storage.exists(path):
+                    return path
+            return None
+        # A reattached job whose name is unknown: only on this error path, so listing is fine.
+        for folder in (layout.DONE_TASKS, layout.FAILED_TASKS):
+            for name in self.queue._list(folder):
+                if job_id_of(name) == self.id:
+                    return f"{folder}/{name}"
+        return None
+
+    def _still_claimed(self) -> bool:
+        """Whether the task file is in some ``claimed/<worker>/`` (one lookup while it stays where it was)."""
+        assert self._name is not None
+        storage = self.queue.storage
+        if self._seen_in is not None and storage.exists(layout.claimed_path(self._seen_in, self._name)):
+            return True
+        for worker_id in self.queue._list(layout.CLAIMED):
+            if not worker_id.startswith(".") and storage.exists(layout.claimed_path(worker_id, self._name)):
+                self._seen_in = worker_id
+                return True
+        return False
 
     def get_status(self) -> JobStatus:
         """The job's current status (a :class:`JobStatus`)."""
@@ -168,12 +222,25 @@ class Job:
         if self._name is None:  # resolved by finding the outcome
             return self._outcome.status  # type: ignore[union-attr]
         storage = self.queue.storage
-        if storage.exists(layout.queued_path(self._name)) or storage.exists(layout.delayed_path(self._name)):
-            return JobStatus.QUEUED  # delayed: waiting to be retried
-        # Not queued: claimed, or finished since the first look (claim, run and
-        # commit only move forward), so look at the outcome once more.
-        outcome = self._load_outcome()
-        return outcome.status if outcome is not None else JobStatus.STARTED
+        # Two rounds: a task moving back from claimed/ to queued/ or delayed/ (a
+        # retry, a shutdown, a requeue) between the looks is found by the second.
+        for _ in range(2):
+            if storage.exists(layout.queued_path(self._name)) or storage.exists(layout.delayed_path(self._name)):
+                return JobStatus.QUEUED  # delayed: waiting to be retried
+            # Not queued: claimed, or finished since the first look (claim, run and
+            # commit only move forward), so look at the outcome once more.
+            outcome = self._load_outcome()
+            if outcome is not None:
+                return outcome.status
+            if self._still_claimed():
+                return JobStatus.STARTED
+            outcome = self._load_outcome()  # committed and moved to done/ meanwhile
+            if outcome is not None:
+                return outcome.status
+        # Neither a task file where one runs or waits nor a result: deleted by
+        # hand. Say so, rather than report "started" forever.
+        kept = self._kept_task()
+        raise NoSuchJobError(_missing_result(self, kept) if kept is not None else _missing_task(self))
 
     @property
     def status(self) -> JobStatus:
@@ -333,8 +400,20 @@ class Job:
             return None
 
     def info(self) -> JobInfo:
-        """When and where the job ran, with its function name and metadata."""
-        status = self.get_status()
+        """When and where the job ran, with its function name and metadata.
+
+        A job whose result file fails verification gets status ``"unreadable"``
+        and the reason in ``error`` (rather than an exception), so listings go on.
+        """
+        try:
+            status = self.get_status()
+        except CorruptFileError as exc:
+            return JobInfo(
+                id=self.id,
+                status="unreadable",
+                error=f"{exc}. A worker that claims its task quarantines the file and runs the task;"
+                " `fs-task-queue purge` removes it",
+            )
         outcome = self._load_outcome() if status.is_done else None
         if outcome is not None:
             h = outcome.header

@@ -400,10 +400,13 @@ class Queue:
         claimed = self._claimed_names()
         results = self._result_ids()
         counts[JobStatus.STARTED.value] = len(self._running(claimed, results))
+        counts["unreadable"] = 0  # result files that fail verification (see `fs-task-queue purge`)
         for job_id in results:
             status = self._result_status(job_id)
             if status is not None:
                 counts[status.value] += 1
+            elif self.storage.exists(layout.result_path(job_id)):
+                counts["unreadable"] += 1
         counts["workers"] = len(self.workers())
         return counts
 
@@ -495,6 +498,41 @@ class Queue:
             if status is not JobStatus.FAILED:  # failed jobs can be requeued
                 self._status_cache[job_id] = status
         return status
+
+    def _has_outcome(self, job_id: str) -> bool:
+        """Whether ``results/<job_id>``, known to exist, is a valid outcome; a bad one is quarantined.
+
+        Called only when a result file exists where none was expected (a claim,
+        a commit that lost, recovery), so the read costs nothing on the usual
+        path. An empty, foreign, tampered or misnamed file is nobody's outcome:
+        it must not make a worker throw the task away (it would then have no
+        outcome at all), so it is moved to ``quarantine/`` and the task runs.
+        """
+        path = layout.result_path(job_id)
+        try:
+            Outcome.parse(self, job_id, self.storage.read(path))
+            return True
+        except FileNotFoundError:
+            return False  # removed meanwhile (a requeue): no outcome
+        except (CorruptFileError, ValueError, KeyError, IsADirectoryError) as exc:
+            reason = exc
+        except OSError:
+            return True  # cannot tell (a network filesystem away): never risk a second run
+        return not self._quarantine_result(job_id, reason)
+
+    def _quarantine_result(self, job_id: str, reason: BaseException) -> bool:
+        """Move the bad result file of ``job_id`` to ``quarantine/<job_id>.result``; True if this call did."""
+        target = f"{layout.QUARANTINE}/{job_id}.result"
+        try:
+            self.storage.rename(layout.result_path(job_id), target)
+        except FileNotFoundError:
+            return True  # another process moved it first: it is gone either way
+        except OSError as exc:
+            log.error("cannot quarantine the bad result file of job %s (%s): %s", job_id, reason, exc)
+            return False
+        self._status_cache.pop(job_id, None)
+        log.warning("moved the bad result file of job %s to %s (%s); its task runs", job_id, target, reason)
+        return True
 
     def _find_task(self, job_id: str) -> tuple[str, str | None] | None:
         """Where the task file of ``job_id`` is: (name, worker id or None if queued or delayed)."""
@@ -716,9 +754,10 @@ class Claimer:
                 continue
             crash_point("after-claim")
             job_id = job_id_of(name)
-            if storage.exists(layout.result_path(job_id)):
+            if storage.exists(layout.result_path(job_id)) and self.queue._has_outcome(job_id):
                 # Canceled while queued, or a replayed/duplicate file of a job
-                # that already has its one result: never run it again.
+                # that already has its one result: never run it again. (A bad
+                # result file is quarantined by _has_outcome and the task runs.)
                 _remove_quietly(storage, claimed)
                 continue
             return Job(self.queue, job_id, name=name, claimed_by=self.worker_id)

@@ -31,6 +31,7 @@ from fs_task_queue.execute import attempt_record, commit, failed, quarantine, re
 from fs_task_queue.ids import job_id_of
 from fs_task_queue.job import Job
 from fs_task_queue.liveness import HostIdentity, probe_alive_lock
+from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
     from fs_task_queue.queue import Queue
@@ -84,6 +85,17 @@ class Recoverer:
         record, mtime = self.queue._worker_record(worker_id)
         registered = self._identity(worker_id)
         identity = registered or record
+        if identity is None:
+            # Neither identity nor heartbeat: long dead, or registering right now
+            # (folder made, lock being taken, the files not yet written). A held
+            # lock is proof of life wherever it is held; a young folder may be a
+            # claimer between those steps, so only its age can condemn it.
+            if probe_alive_lock(self.queue.storage, worker_id):
+                return "alive"
+            try:
+                mtime = self.queue.storage.stat(layout.claimed_dir(worker_id)).mtime
+            except OSError:
+                return "unsure"  # removed meanwhile (its clean exit)
         if identity is not None and identity.get("host") == self.here.host:
             if identity.get("boot") and self.here.boot and identity["boot"] != self.here.boot:
                 return "dead"  # that host rebooted since: all its processes are gone
@@ -135,8 +147,12 @@ class Recoverer:
         except FileNotFoundError:
             return None  # another recoverer took it
         job = Job(self.queue, job_id_of(name), name=name, claimed_by=self.worker_id)
-        if storage.exists(layout.result_path(job.id)):
-            release(job)  # it committed just before dying
+        if storage.exists(layout.result_path(job.id)) and self.queue._has_outcome(job.id):
+            # It committed just before dying, or it was a requeuer that died
+            # before removing the failed result: keep the task file where the
+            # worker would have (a failed one can be requeued again).
+            failed_job = self.queue._result_status(job.id) is JobStatus.FAILED
+            release(job, keep_as=(layout.failed_task_path if failed_job else layout.done_task_path)(name))
             return None
         try:
             task = read_task(job)

@@ -213,3 +213,68 @@ def test_task_file_moved_from_another_queue_is_refused(tmp_path):
     with pytest.raises(CorruptFileError, match="signature"):
         two.job(job.id).wait(0)
     assert names(tmp_path / "two" / "quarantine") == [job.id]
+
+
+def _bad_results(lab) -> dict[str, tuple[object, bytes]]:
+    """Queued jobs, each given a result file that fails verification: kind -> (job, bytes written)."""
+    other = lab.queue.enqueue(len, "x")
+    other.cancel()  # a valid result file of another job, to copy
+    foreign = (lab.path / "results" / other.id).read_bytes()
+    out = {}
+    for kind in ("empty", "foreign", "tampered", "other job's"):
+        job = lab.queue.enqueue(mark, str(lab.fx), kind.replace(" ", "_").replace("'", ""))
+        data = {
+            "empty": b"",
+            "foreign": os.urandom(300),
+            "tampered": foreign[:-1] + bytes([foreign[-1] ^ 1]),
+            "other job's": foreign,
+        }[kind]
+        _write(lab.path / "results" / job.id, data)
+        out[kind] = (job, data)
+    return out
+
+
+@pytest.mark.timeout(90)
+def test_bad_result_file_does_not_stop_its_task(lab):
+    bad = _bad_results(lab)
+    worker = lab.worker("w", "--burst")
+    assert lab.procs.wait(worker) == 0, lab.procs.log(worker)
+    for kind, (job, data) in bad.items():
+        assert job.get_status() is JobStatus.FINISHED, kind  # the task ran: the file was nobody's outcome
+        assert (lab.path / "quarantine" / f"{job.id}.result").read_bytes() == data, kind
+    jobs = {kind.replace(" ", "_").replace("'", ""): job for kind, (job, _) in bad.items()}
+    t = lab.tally(
+        f"bad result file of a queued job ({len(bad)})",
+        jobs,
+        note="quarantined; ran once (committed>1: the planted file)",
+    )
+    assert not t.lost and not t.executed_twice and not t.not_finished
+
+
+@pytest.mark.timeout(90)
+def test_jobs_info_and_purge_with_bad_result_files(lab):
+    good = [lab.queue.enqueue(len, "abc") for _ in range(3)]
+    worker = lab.worker("w", "--burst")
+    assert lab.procs.wait(worker) == 0, lab.procs.log(worker)
+    bad_id = good[1].id
+    _write(lab.path / "results" / bad_id, b"")  # say, emptied by a crash of the file server
+
+    out = run_cli("jobs", str(lab.path))
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout  # the others are still listed after the bad one
+    assert [line.split()[1] for line in lines] == ["finished", "unreadable", "finished"], out.stdout
+    assert "empty" in lines[1] and "purge" in lines[1]
+    assert lab.queue.stats()["unreadable"] == 1 and lab.queue.stats()["finished"] == 2
+    out = run_cli("info", str(lab.path))
+    assert out.returncode == 0 and "unreadable results: 1" in out.stdout, (out.stdout, out.stderr)
+    out = run_cli("show", str(lab.path), bad_id)
+    assert out.returncode == 0 and "status    unreadable" in out.stdout and "empty" in out.stdout, out.stderr
+
+    out = run_cli("purge", str(lab.path), "--older-than", "0s", "--status", "canceled")
+    assert out.returncode == 0, out.stderr
+    assert (
+        f"removed 1 result file(s) that failed verification (empty, foreign or tampered with): {bad_id}" in out.stdout
+    )
+    assert run_cli("jobs", str(lab.path)).returncode == 0
+    assert lab.queue.job(good[0].id).get_status() is JobStatus.FINISHED
