@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from fs_task_queue import layout
 from fs_task_queue.errors import FSQError, NoSuchJobError
-from fs_task_queue.ids import job_id_of
+from fs_task_queue.ids import job_id_of, validate_job_id, validate_worker_id
 from fs_task_queue.serialize import TASK_MAGIC, open_envelope, seal
 from fs_task_queue.shards import publish_queued
 from fs_task_queue.status import JobStatus
@@ -95,6 +95,10 @@ def requeue_failed(queue: Queue, job_ids: list[str] | None = None) -> list[str]:
         name = names.get(job_id)
         if name is None:
             if job_ids is not None:
+                try:
+                    validate_job_id(job_id)
+                except ValueError as exc:
+                    raise NoSuchJobError(f"no job {job_id!r} in {queue.path}: {exc}") from None
                 raise NoSuchJobError(f"job {job_id!r} is not a failed job with a kept task in {queue.path}")
             continue
         try:
@@ -122,7 +126,12 @@ def requeue_failed(queue: Queue, job_ids: list[str] | None = None) -> list[str]:
 
 
 def stop_worker(queue: Queue, worker_id: str) -> None:
-    """Ask a worker to stop after its current task by deleting its heartbeat file."""
+    """Ask a worker to stop after its current task by deleting its heartbeat file.
+
+    ``worker_id`` must be a valid worker id (ValueError otherwise): it names a
+    file, so '..', '/' or a trailing newline would name another one.
+    """
+    validate_worker_id(worker_id)
     try:
         queue.storage.remove(layout.worker_path(worker_id))
     except FileNotFoundError:

@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable, Iterator
 
 from fs_task_queue import layout
+from fs_task_queue.errors import SymlinkInQueueError
 from fs_task_queue.ids import is_task_name
 from fs_task_queue.storage import Storage
 
 __all__ = ["Backlog", "is_shard_name", "iter_queued_names", "move_to_queued", "publish_queued", "queued_names"]
 
-_SHARD_RE = re.compile(r"^\d{8}-\d{6}-\d$")
+_SHARD_RE = re.compile(r"\d{8}-\d{6}-\d")  # fullmatch: "$" would accept a trailing newline
 #: A claimer lists shards until its batch holds this many names (one shard when
 #: they are full, many when a slow trickle left one task per shard).
 BATCH_NAMES = 512
@@ -45,7 +46,7 @@ STEP_ASIDE = 32
 
 def is_shard_name(name: str) -> bool:
     """True when ``name`` has the shape of a shard folder of ``queued/``."""
-    return _SHARD_RE.match(name) is not None
+    return _SHARD_RE.fullmatch(name) is not None
 
 
 def _shard_of_time(seconds: float) -> str:
@@ -92,8 +93,8 @@ def iter_queued_names(storage: Storage) -> Iterator[str]:
     for shard in shards:
         try:
             names = storage.listdir(f"{layout.QUEUED}/{shard}")
-        except FileNotFoundError:
-            continue  # emptied and removed meanwhile
+        except (FileNotFoundError, NotADirectoryError, SymlinkInQueueError):
+            continue  # emptied and removed meanwhile, or swapped for a symlink (never listed through)
         yield from (n for n in names if not n.startswith("."))
 
 
@@ -199,6 +200,11 @@ class Backlog:
             names = self._storage.listdir(f"{layout.QUEUED}/{shard}")
         except FileNotFoundError:
             return  # emptied and removed by another claimer
+        except (NotADirectoryError, SymlinkInQueueError):
+            # Swapped for a symlink (or a file) since queued/ was listed: never
+            # descended into, moved aside like any other foreign entry.
+            self._on_foreign(shard)
+            return
         tasks = []
         for name in names:
             if name.startswith("."):

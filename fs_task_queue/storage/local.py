@@ -450,8 +450,6 @@ class LocalStorage:
         self._at(path, lambda fd, name: os.unlink(name, dir_fd=fd))
 
     def remove_tree(self, path: str) -> None:
-        import shutil  # rarely needed, slow to import
-
         if path.count("/") == 1:
             self._forget(path)  # its descriptor would outlive the folder
         try:
@@ -465,8 +463,7 @@ class LocalStorage:
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=parent)
             return
-        # rmtree with dir_fd walks by descriptors and never follows a symlink.
-        shutil.rmtree(name, ignore_errors=True, dir_fd=parent)
+        _remove_tree_at(parent, name)
 
     def mkdir(self, path: str) -> None:
         self._make_dir(self._abs(path) if path else self.root)
@@ -563,10 +560,7 @@ class LocalStorage:
             self._forget(path)
 
     def stat(self, path: str) -> FileInfo:
-        if not path:
-            st = os.lstat(self.root)
-        else:
-            st = self._at(path, _lstat)
+        st = os.lstat(self.root) if not path else self._at(path, _lstat)
         return FileInfo(
             size=st.st_size,
             mtime=st.st_mtime,
@@ -603,3 +597,30 @@ def _lexists(dir_fd: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _remove_tree_at(parent: int, name: str) -> None:
+    """Delete folder ``name`` of ``parent`` and what is in it, by descriptors, following no symlink.
+
+    (shutil.rmtree takes a dir_fd only from Python 3.11.) Errors are ignored:
+    what cannot be deleted stays.
+    """
+    try:
+        fd = os.open(name, _LIST_FLAGS, dir_fd=parent)
+    except OSError:
+        return
+    try:
+        with os.scandir(fd) as entries:
+            found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for entry, is_dir in found:
+            if is_dir:
+                _remove_tree_at(fd, entry)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry, dir_fd=fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(name, dir_fd=parent)
