@@ -92,9 +92,8 @@ class Worker:
         max_poll_interval: float = 1.0,
     ) -> None:
         self.queue = queue if isinstance(queue, Queue) else Queue(queue)
+        # The one whole-name check (ids.py): the id names workers/<id> and claimed/<id>.
         self.id = validate_worker_id(name) if name is not None else default_worker_id()
-        if not self.id or "/" in self.id or self.id.startswith(".") or self.id != self.id.strip():
-            raise ValueError(f"invalid worker name {self.id!r}: use letters, digits, '-' and '_'")
         if isolation not in ("process", "none"):
             raise ValueError(f"isolation must be 'process' or 'none', not {isolation!r}")
         self.burst = burst
