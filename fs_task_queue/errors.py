@@ -7,6 +7,7 @@ can catch either::
     FSQError
     ├── QueueError                 (ValueError)   path is not a usable queue
     │   └── InsecureQueueError                     permissions let others write
+    │       └── SymlinkInQueueError    (OSError)  a queue folder is a symlink
     ├── NoSuchJobError             (KeyError)     unknown job id
     ├── SerializationError         (TypeError)    function/argument/result cannot be pickled
     ├── CorruptFileError           (ValueError)   a queue file is truncated, foreign or tampered
@@ -24,6 +25,7 @@ arguments in ``args``), so they cross process boundaries intact.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "QueueError",
     "RemoteError",
     "SerializationError",
+    "SymlinkInQueueError",
     "WaitTimeoutError",
     "WorkerError",
     "WorkerLostError",
@@ -54,6 +57,31 @@ class QueueError(FSQError, ValueError):
 
 class InsecureQueueError(QueueError):
     """The queue directory can be written by other users, so its tasks cannot be trusted."""
+
+
+class SymlinkInQueueError(InsecureQueueError, OSError):
+    """A folder inside the queue (``queued/<shard>``, ``claimed/<worker>``, ``jobs/<id>``...) is a symlink.
+
+    Nothing is read, written or deleted through it: whoever planted it could
+    otherwise point the queue's writes or deletions at any folder. It is also
+    an ``OSError`` (errno ELOOP, ``filename`` the path), so code that treats a
+    failed file operation as "skip this one" does so.
+    """
+
+    def __init__(self, path: str, message: str | None = None) -> None:
+        if message is None:
+            message = (
+                f"{path} is a symlink, not a folder: fs-task-queue never reads, writes or deletes"
+                " through a symlink inside a queue. Remove the link (nothing of the queue is in it)"
+            )
+        OSError.__init__(self, errno.ELOOP, message, path)
+        self.args = (path, message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), tuple(self.args))
+
+    def __str__(self) -> str:
+        return str(self.args[1])
 
 
 class NoSuchJobError(FSQError, KeyError):

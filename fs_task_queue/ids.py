@@ -14,10 +14,24 @@ import re
 import threading
 import time
 
-__all__ = ["is_generated_id", "is_task_name", "job_id_of", "new_order_key", "task_name", "validate_job_id"]
+__all__ = [
+    "is_generated_id",
+    "is_task_name",
+    "is_worker_id",
+    "job_id_of",
+    "new_order_key",
+    "task_name",
+    "validate_job_id",
+    "validate_worker_id",
+]
 
-_ORDER_RE = re.compile(r"^\d{8}-\d{6}-\d{6}-[0-9a-f]{6}$")
-_CUSTOM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
+# Matched with fullmatch: "$" also matches before a trailing newline, so
+# re.match("^...$") took "id\n" for an id (a name that is another file).
+_ORDER_RE = re.compile(r"\d{8}-\d{6}-\d{6}-[0-9a-f]{6}")
+_CUSTOM_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}")
+#: Worker ids: what default_worker_id() makes (host name characters, '-', '_')
+#: plus '.', '@' and '+' that custom names use, never '/', a leading '-' or '.'.
+_WORKER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+\-]{0,127}")
 
 _lock = threading.Lock()
 _last_us = 0
@@ -53,12 +67,12 @@ def new_order_key() -> str:
 
 def is_generated_id(job_id: str) -> bool:
     """True when ``job_id`` has the shape of a generated id (its own order key)."""
-    return _ORDER_RE.match(job_id) is not None
+    return _ORDER_RE.fullmatch(job_id) is not None
 
 
 def validate_job_id(job_id: str) -> str:
     """Return ``job_id`` if it can name a job, else raise ValueError saying what is allowed."""
-    if not isinstance(job_id, str) or not (_CUSTOM_RE.match(job_id) or is_generated_id(job_id)):
+    if not isinstance(job_id, str) or not (_CUSTOM_RE.fullmatch(job_id) or is_generated_id(job_id)):
         raise ValueError(
             f"invalid job id {job_id!r}: use 1-128 characters from letters, digits, '_' and '-', not starting with '-'"
         )
@@ -73,9 +87,28 @@ def task_name(order: str, job_id: str) -> str:
 def is_task_name(name: str) -> bool:
     """True when ``name`` has the shape of a task file name (anything else is foreign)."""
     order, dot, custom = name.partition(".")
-    if not _ORDER_RE.match(order):
+    if not _ORDER_RE.fullmatch(order):
         return False
-    return not dot or _CUSTOM_RE.match(custom) is not None
+    return not dot or _CUSTOM_RE.fullmatch(custom) is not None
+
+
+def is_worker_id(worker_id: object) -> bool:
+    """True when ``worker_id`` can name a worker (its folder ``claimed/<id>``, its file ``workers/<id>``)."""
+    return isinstance(worker_id, str) and _WORKER_RE.fullmatch(worker_id) is not None
+
+
+def validate_worker_id(worker_id: str) -> str:
+    """Return ``worker_id`` if it can name a worker, else raise ValueError saying what is allowed.
+
+    A worker id becomes a file and a folder name in the queue, so '/', '..',
+    NUL, a newline, a leading '-' or '.' (dot names are not workers) are refused.
+    """
+    if not is_worker_id(worker_id):
+        raise ValueError(
+            f"invalid worker id {worker_id!r}: use 1-128 characters from letters, digits, '_', '-', '.',"
+            " '@' and '+', starting with a letter, digit or '_'"
+        )
+    return worker_id
 
 
 def job_id_of(name: str) -> str:

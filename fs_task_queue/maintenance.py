@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from fs_task_queue import layout
 from fs_task_queue.errors import CorruptFileError, FSQError, NoSuchJobError
 from fs_task_queue.faults import crash_point
-from fs_task_queue.ids import job_id_of, validate_job_id
+from fs_task_queue.ids import job_id_of, validate_job_id, validate_worker_id
 from fs_task_queue.serialize import TASK_MAGIC, open_envelope, seal
 from fs_task_queue.shards import move_to_queued, queued_names
 from fs_task_queue.status import JobStatus
@@ -386,8 +386,11 @@ def stop_worker(queue: Queue, worker_id: str) -> bool:
 
     Returns False when the worker was already on its way out (its heartbeat file
     gone, its claimed folder still there): stopping it twice, or racing its own
-    exit, is no error.
+    exit, is no error. ``worker_id`` must be a valid worker id (ValueError
+    otherwise): it names a file, so '..', '/' or a trailing newline would name
+    another one.
     """
+    validate_worker_id(worker_id)
     try:
         queue.storage.remove(layout.worker_path(worker_id))
     except FileNotFoundError:

@@ -30,10 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
 from fs_task_queue._version import __version__
-from fs_task_queue.errors import CorruptFileError, QueueError
+from fs_task_queue.errors import CorruptFileError, NoSuchJobError, QueueError, SymlinkInQueueError
 from fs_task_queue.faults import crash_point
 from fs_task_queue.group import JobGroup
-from fs_task_queue.ids import is_generated_id, job_id_of, new_order_key, task_name, validate_job_id
+from fs_task_queue.ids import (
+    is_generated_id,
+    is_worker_id,
+    job_id_of,
+    new_order_key,
+    task_name,
+    validate_job_id,
+    validate_worker_id,
+)
 from fs_task_queue.job import Job, Outcome
 from fs_task_queue.liveness import AliveLock, HostIdentity
 from fs_task_queue.progress import WorkerInfo
@@ -367,6 +375,12 @@ class Queue:
     # ------------------------------------------------------------ finding jobs
     def job(self, job_id: str) -> Job:
         """Reattach to an existing job by id (from another process or after a restart)."""
+        try:
+            validate_job_id(job_id)
+        except ValueError as exc:
+            # Never looked up: an id is a file name in the queue, and "..", "a/b"
+            # or "id\n" would name another file.
+            raise NoSuchJobError(f"no job {job_id!r} in the queue at {self.path}: {exc}") from None
         job = Job(self, job_id)
         job._resolve()  # raises NoSuchJobError for an unknown id
         return job
@@ -466,7 +480,18 @@ class Queue:
 
     def _claimed_names(self) -> list[str]:
         """The task files in every worker's ``claimed/`` folder, a worker at a time."""
-        return [n for w in self._list(layout.CLAIMED) for n in self._list_tasks(layout.claimed_dir(w))]
+        return [n for w in self._claimers() for n in self._claimed_by(w)]
+
+    def _claimers(self) -> list[str]:
+        """The worker folders in ``claimed/`` (names no worker can have are not looked into)."""
+        return [w for w in self._list(layout.CLAIMED) if is_worker_id(w)]
+
+    def _claimed_by(self, worker_id: str) -> list[str]:
+        """The task files in ``claimed/<worker_id>``; none if it is a symlink (never listed through)."""
+        try:
+            return self._list_tasks(layout.claimed_dir(worker_id))
+        except (NotADirectoryError, SymlinkInQueueError):
+            return []
 
     def _running(self, claimed: list[str], results: list[str] | None) -> list[str]:
         """The claimed task files whose job has no result yet (``results``: listed already, or None).
@@ -545,8 +570,8 @@ class Queue:
             for name in itertools.chain(iter_queued_names(self.storage), self._list(layout.DELAYED)):
                 if name.endswith(suffix):
                     return name, None
-        for worker_id in self._list(layout.CLAIMED):
-            for name in self._list(layout.claimed_dir(worker_id)):
+        for worker_id in self._claimers():
+            for name in self._claimed_by(worker_id):
                 if job_id_of(name) == job_id:
                     return name, worker_id
         return None
@@ -612,7 +637,7 @@ class Claimer:
         self, queue: Queue, worker_id: str, *, heartbeat: bool = True, held_by_supervisor: bool = False
     ) -> None:
         self.queue = queue
-        self.worker_id = worker_id
+        self.worker_id = validate_worker_id(worker_id)
         self.heartbeat = heartbeat
         #: The folder and liveness lock belong to a supervising worker process.
         self._held_elsewhere = held_by_supervisor
@@ -630,7 +655,18 @@ class Claimer:
             return
         storage = self.queue.storage
         for attempt in range(3):
+            is_dir = True
             storage.mkdir(layout.claimed_dir(self.worker_id))
+            with contextlib.suppress(FileNotFoundError):  # removed by a recoverer: the lock says so below
+                is_dir = storage.stat(layout.claimed_dir(self.worker_id)).is_dir
+            if not is_dir:
+                # A symlink planted under this claimer's name: the lock file and
+                # every claim would land wherever it points.
+                raise SymlinkInQueueError(
+                    f"{self.queue.path}/{layout.claimed_dir(self.worker_id)}",
+                    f"{self.queue.path}/{layout.claimed_dir(self.worker_id)} is not a folder (a symlink?):"
+                    " fs-task-queue never claims through it. Remove it, or pick another worker name",
+                )
             # Held for the claimer's lifetime; the kernel drops it the instant this
             # process dies, which is how recoverers on this host know it is gone.
             lock = AliveLock(storage, self.worker_id)

@@ -26,9 +26,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
-from fs_task_queue.errors import CorruptFileError, WorkerLostError
+from fs_task_queue.errors import CorruptFileError, SymlinkInQueueError, WorkerLostError
 from fs_task_queue.execute import attempt_record, commit, failed, quarantine, read_task, release, requeue
-from fs_task_queue.ids import job_id_of
+from fs_task_queue.ids import is_worker_id, job_id_of
 from fs_task_queue.job import Job
 from fs_task_queue.liveness import HostIdentity, probe_alive_lock
 from fs_task_queue.status import JobStatus
@@ -128,17 +128,47 @@ class Recoverer:
         for worker_id in self.queue._list(layout.CLAIMED):
             if worker_id == self.worker_id or worker_id.startswith("."):
                 continue
+            if not is_worker_id(worker_id) or not self._is_folder(worker_id):
+                continue
             if self.verdict(worker_id) != "dead":
                 continue
             record, _ = self.queue._worker_record(worker_id)
             host = (record or {}).get("host")
             log.warning("worker %s (host %s) is dead; recovering its tasks", worker_id, host)
-            for name in self.queue._list_tasks(layout.claimed_dir(worker_id)):
+            try:
+                names = self.queue._list_tasks(layout.claimed_dir(worker_id))
+            except (NotADirectoryError, SymlinkInQueueError):
+                self._quarantine(worker_id, "became a symlink or a file")
+                continue
+            for name in names:
                 job_id = self._recover_task(worker_id, host, name)
                 if job_id is not None:
                     recovered.append(job_id)
             self._forget(worker_id)
         return recovered
+
+    def _is_folder(self, worker_id: str) -> bool:
+        """Whether ``claimed/<worker_id>`` is a real folder; anything else is moved to quarantine/.
+
+        A symlink there (to a folder of someone else's files, say) is never
+        probed, listed, moved from or emptied: the link itself goes aside.
+        """
+        try:
+            info = self.queue.storage.stat(layout.claimed_dir(worker_id))
+        except FileNotFoundError:
+            return False
+        if info.is_dir:
+            return True
+        self._quarantine(worker_id, "is not a folder (a symlink?)")
+        return False
+
+    def _quarantine(self, worker_id: str, what: str) -> None:
+        try:
+            self.queue.storage.rename(layout.claimed_dir(worker_id), f"{layout.QUARANTINE}/{worker_id}")
+        except OSError as exc:
+            log.warning("claimed/%s %s; left alone, not recovered (cannot move it aside: %s)", worker_id, what, exc)
+            return
+        log.warning("claimed/%s %s; moved to %s/ unread, not recovered", worker_id, what, layout.QUARANTINE)
 
     def _recover_task(self, dead: str, host: str | None, name: str) -> str | None:
         storage = self.queue.storage
@@ -184,8 +214,11 @@ class Recoverer:
     def _forget(self, worker_id: str) -> None:
         storage = self.queue.storage
         self._seen.pop(worker_id, None)
-        if self.queue._list_tasks(layout.claimed_dir(worker_id)):
-            return  # a task arrived meanwhile (it was alive after all?): leave it be
+        try:
+            if self.queue._list_tasks(layout.claimed_dir(worker_id)):
+                return  # a task arrived meanwhile (it was alive after all?): leave it be
+        except (NotADirectoryError, SymlinkInQueueError):
+            return  # swapped for a symlink meanwhile: the next pass moves it aside
         for path in (layout.worker_path(worker_id), layout.alive_path(worker_id), layout.identity_path(worker_id)):
             try:
                 storage.remove(path)

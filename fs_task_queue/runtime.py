@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
+from fs_task_queue.errors import SymlinkInQueueError
+from fs_task_queue.storage.local import LocalStorage
 
 if TYPE_CHECKING:
     from fs_task_queue.job import Job
     from fs_task_queue.queue import Queue
 
 __all__ = ["TaskContext", "current_job", "progress"]
+
+log = logging.getLogger("fs_task_queue.worker")
 
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 _current: TaskContext | None = None
@@ -63,7 +68,13 @@ class _LogStream(io.TextIOBase):
         if self._fd < 0:
             if ctx is None:  # written to after its task ended (a thread left behind)
                 return sys.__stderr__.write(text) if sys.__stderr__ is not None else len(text)
-            self._fd = os.open(ctx.file_path(self._name), _APPEND, ctx.file_mode)
+            if ctx.refused:
+                return len(text)  # its job folder is a symlink: the output goes nowhere
+            try:
+                self._fd = ctx.open_output(self._name)
+            except SymlinkInQueueError as exc:
+                ctx.refuse(exc)
+                return len(text)
             self._owner = ctx
         os.write(self._fd, text.encode("utf-8", "replace"))
         return len(text)
@@ -112,6 +123,8 @@ class TaskContext:
         self.name = name
         self.file_mode = getattr(queue.storage, "file_mode", 0o600)
         self._has_dir = False
+        #: Set when jobs/<id> turned out to be a symlink: no output or progress is written.
+        self.refused = False
         self._last_write = 0.0
         self._pending: dict[str, Any] | None = None
         self._job: Job | None = None
@@ -125,6 +138,24 @@ class TaskContext:
         if path is None:
             raise RuntimeError("tasks run on a mounted queue directory")
         return path
+
+    def open_output(self, name: str) -> int:
+        """A descriptor appending to ``jobs/<id>/<name>``; SymlinkInQueueError if that folder is a symlink."""
+        storage = self.queue.storage
+        if isinstance(storage, LocalStorage):
+            if not self._has_dir:
+                storage.mkdir(layout.job_dir(self.job_id))
+                self._has_dir = True
+            # Opened relative to jobs/ with no symlink followed: a jobs/<id>
+            # planted as a symlink must not receive (or redirect) the output.
+            return storage.open_append(layout.job_file(self.job_id, name))
+        return os.open(self.file_path(name), _APPEND, self.file_mode)
+
+    def refuse(self, exc: SymlinkInQueueError) -> None:
+        """Stop writing output and progress of this task, and say why once."""
+        if not self.refused:
+            self.refused = True
+            log.error("job %s: not writing its output or progress: %s", self.job_id, exc)
 
     @property
     def job(self) -> Job:
@@ -146,8 +177,15 @@ class TaskContext:
 
     def _write(self, record: dict[str, Any]) -> None:
         self._pending = None
-        self.file_path("progress")  # makes the folder
-        self.queue.storage.publish(layout.job_file(self.job_id, "progress"), json.dumps(record).encode(), replace=True)
+        if self.refused:
+            return
+        try:
+            self.file_path("progress")  # makes the folder
+            self.queue.storage.publish(
+                layout.job_file(self.job_id, "progress"), json.dumps(record).encode(), replace=True
+            )
+        except SymlinkInQueueError as exc:
+            self.refuse(exc)  # the task goes on; only its reports are lost
 
     def flush(self) -> None:
         """Write a progress report that was held back by the rate limit."""

@@ -19,18 +19,23 @@ does not make and remove a folder for every task.
 from __future__ import annotations
 
 import heapq
+import logging
+import os
 import random
 import re
 import time
 from collections.abc import Callable, Iterator
 
 from fs_task_queue import layout
+from fs_task_queue.errors import SymlinkInQueueError
 from fs_task_queue.ids import is_task_name
 from fs_task_queue.storage import Storage
 
 __all__ = ["Backlog", "is_shard_name", "iter_queued_names", "move_to_queued", "publish_queued", "queued_names"]
 
-_SHARD_RE = re.compile(r"^\d{8}-\d{6}-\d$")
+_SHARD_RE = re.compile(r"\d{8}-\d{6}-\d")  # fullmatch: "$" would accept a trailing newline
+log = logging.getLogger("fs_task_queue.worker")
+
 #: A claimer lists shards until its batch holds this many names (one shard when
 #: they are full, many when a slow trickle left one task per shard).
 BATCH_NAMES = 512
@@ -45,7 +50,7 @@ STEP_ASIDE = 32
 
 def is_shard_name(name: str) -> bool:
     """True when ``name`` has the shape of a shard folder of ``queued/``."""
-    return _SHARD_RE.match(name) is not None
+    return _SHARD_RE.fullmatch(name) is not None
 
 
 def _shard_of_time(seconds: float) -> str:
@@ -59,7 +64,11 @@ def publish_queued(storage: Storage, name: str, data: bytes) -> None:
     The shard is made after the data is written: a submit that fails (disk full)
     leaves nothing in ``queued/``, not even an empty shard.
     """
-    storage.publish(layout.queued_path(name), data, replace=False, make_parent=True)
+    try:
+        storage.publish(layout.queued_path(name), data, replace=False, make_parent=True)
+    except (NotADirectoryError, SymlinkInQueueError):
+        _set_aside(storage, name)
+        storage.publish(layout.queued_path(name), data, replace=False, make_parent=True)
 
 
 def move_to_queued(storage: Storage, src: str, name: str) -> None:
@@ -67,7 +76,26 @@ def move_to_queued(storage: Storage, src: str, name: str) -> None:
 
     Raises FileNotFoundError when ``src`` is gone (another process moved it first).
     """
-    storage.rename(src, layout.queued_path(name), make_parent=True)
+    try:
+        storage.rename(src, layout.queued_path(name), make_parent=True)
+    except (NotADirectoryError, SymlinkInQueueError):
+        _set_aside(storage, name)
+        storage.rename(src, layout.queued_path(name), make_parent=True)
+
+
+def _set_aside(storage: Storage, name: str) -> None:
+    """Move a symlink (or file) found where the shard of ``name`` belongs to ``quarantine/``.
+
+    The storage refused to move a task through it; what it points to is not
+    touched. The mover then makes a real shard folder and tries once more.
+    """
+    shard = name[: layout.SHARD_LEN]
+    target = f"{layout.QUARANTINE}/{shard}.{os.urandom(3).hex()}"
+    try:
+        storage.rename(f"{layout.QUEUED}/{shard}", target)
+    except FileNotFoundError:
+        return  # moved aside by another process already
+    log.warning("moved queued/%s to %s: not a folder (a symlink?), no task is moved through it", shard, target)
 
 
 def _top(storage: Storage) -> tuple[list[str], list[str]]:
@@ -92,8 +120,8 @@ def iter_queued_names(storage: Storage) -> Iterator[str]:
     for shard in shards:
         try:
             names = storage.listdir(f"{layout.QUEUED}/{shard}")
-        except FileNotFoundError:
-            continue  # emptied and removed meanwhile
+        except (FileNotFoundError, NotADirectoryError, SymlinkInQueueError):
+            continue  # emptied and removed meanwhile, or swapped for a symlink (never listed through)
         yield from (n for n in names if not n.startswith("."))
 
 
@@ -199,6 +227,11 @@ class Backlog:
             names = self._storage.listdir(f"{layout.QUEUED}/{shard}")
         except FileNotFoundError:
             return  # emptied and removed by another claimer
+        except (NotADirectoryError, SymlinkInQueueError):
+            # Swapped for a symlink (or a file) since queued/ was listed: never
+            # descended into, moved aside like any other foreign entry.
+            self._on_foreign(shard)
+            return
         tasks = []
         for name in names:
             if name.startswith("."):

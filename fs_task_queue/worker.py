@@ -28,7 +28,7 @@ from fs_task_queue import layout
 from fs_task_queue._version import __version__
 from fs_task_queue.board import RUNNING, Post
 from fs_task_queue.errors import WorkerError
-from fs_task_queue.ids import job_id_of
+from fs_task_queue.ids import job_id_of, validate_worker_id
 from fs_task_queue.liveness import HostIdentity
 from fs_task_queue.maintenance import sweep_tmp
 from fs_task_queue.queue import Claimer, Queue, default_worker_id
@@ -92,9 +92,8 @@ class Worker:
         max_poll_interval: float = 1.0,
     ) -> None:
         self.queue = queue if isinstance(queue, Queue) else Queue(queue)
-        self.id = name or default_worker_id()
-        if not self.id or "/" in self.id or self.id.startswith(".") or self.id != self.id.strip():
-            raise ValueError(f"invalid worker name {self.id!r}: use letters, digits, '-' and '_'")
+        # The one whole-name check (ids.py): the id names workers/<id> and claimed/<id>.
+        self.id = validate_worker_id(name) if name is not None else default_worker_id()
         if isolation not in ("process", "none"):
             raise ValueError(f"isolation must be 'process' or 'none', not {isolation!r}")
         self.burst = burst

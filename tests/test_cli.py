@@ -213,7 +213,7 @@ def test_worker_name_already_registered_is_an_error(queue, worker):
 def test_worker_invalid_name_is_an_error(queue):
     proc = run(*WORKER_SCRIPT, "--path", str(queue.path), "--name", "a/b", "--burst")
     assert proc.returncode == 1
-    assert "invalid worker name" in proc.stderr
+    assert "invalid worker id 'a/b'" in proc.stderr
 
 
 def test_demo(tmp_path):

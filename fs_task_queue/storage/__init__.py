@@ -32,17 +32,30 @@ class Storage(Protocol):
     Every write is atomic: readers see a whole file or none. Errors are the
     builtin ``OSError`` subclasses (``FileNotFoundError`` when a racing process
     moved the file first, ``FileExistsError`` when a no-replace target exists).
+
+    Symlinks: no operation follows a symlink anywhere below the queue root. A
+    path's folders (``queued/``, then ``queued/<shard>``, ``claimed/<worker>``,
+    ``jobs/<id>``) are entered without following links, and its last name is
+    acted on itself (a link there is read as a link, renamed or deleted as one,
+    never written through). A symlink in place of a folder on the way raises
+    :class:`~fs_task_queue.errors.SymlinkInQueueError` (an ``OSError`` too),
+    and nothing is read, written, moved or deleted through it. A path with an
+    empty, ``.`` or ``..`` component is a ``ValueError``. (The root itself is
+    found by its path.)
     """
 
     #: Human-readable location of the queue (a path or URL).
     location: str
 
     def read(self, path: str) -> bytes:
-        """The whole content of a regular file (never follows a symlink, never blocks on a FIFO)."""
+        """The whole content of a regular file (never follows a symlink, never blocks on a FIFO).
+
+        A symlink as the file fails with ELOOP; as one of its folders, SymlinkInQueueError.
+        """
         ...
 
     def read_from(self, path: str, offset: int) -> bytes:
-        """The content of ``path`` from byte ``offset`` on (for tailing logs)."""
+        """The content of ``path`` from byte ``offset`` on (for tailing logs); symlinks as in :meth:`read`."""
         ...
 
     def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False) -> None:
@@ -52,11 +65,17 @@ class Storage(Protocol):
         of any number of racing publishers exactly one wins. With
         ``make_parent=True`` a missing parent folder is made once the data is
         written, just before the rename (so a failed write leaves nothing behind).
+        The new file replaces a symlink at ``path`` (it never writes through one);
+        a symlinked folder on the way raises SymlinkInQueueError and nothing is published.
         """
         ...
 
     def append(self, path: str, data: bytes) -> None:
-        """Append ``data`` to ``path``, creating it (logs written while a task runs)."""
+        """Append ``data`` to ``path``, creating it (logs written while a task runs).
+
+        A symlink as the file fails with ELOOP, as one of its folders with
+        SymlinkInQueueError: nothing is appended through either.
+        """
         ...
 
     def rename(self, src: str, dst: str, *, make_parent: bool = False) -> None:
@@ -64,27 +83,36 @@ class Storage(Protocol):
 
         With ``make_parent=True`` a missing parent folder of ``dst`` is made and
         the move tried again (``FileNotFoundError`` then means ``src`` is gone).
+        A symlink as ``src`` is moved as the link; a symlinked folder on either
+        side raises SymlinkInQueueError and nothing moves.
         """
         ...
 
     def remove(self, path: str) -> None:
-        """Delete a file."""
+        """Delete a file (a symlink is deleted itself, never its target)."""
         ...
 
     def remove_tree(self, path: str) -> None:
-        """Delete a directory and everything in it; a missing one is fine."""
+        """Delete a directory and everything in it; a missing one is fine.
+
+        A symlink (or file) in place of the directory is deleted itself and its
+        target left alone; nothing inside the directory is followed either.
+        """
         ...
 
     def mkdir(self, path: str) -> None:
-        """Create a directory (and its parents); an existing one is fine."""
+        """Create a directory (and its parents); an existing one is fine (an existing symlink is left as is)."""
         ...
 
     def listdir(self, path: str) -> list[str]:
-        """Names in a directory, unsorted."""
+        """Names in a directory, unsorted; opened afresh, refusing a symlink (SymlinkInQueueError)."""
         ...
 
     def scan(self, path: str) -> list[tuple[str, bool]]:
-        """Names in a directory, each with whether it is a directory (a symlink to one is not)."""
+        """Names in a directory, each with whether it is a directory (a symlink to one is not).
+
+        The directory itself is opened as :meth:`listdir` opens it.
+        """
         ...
 
     def remove_dir(self, path: str) -> None:
@@ -96,13 +124,16 @@ class Storage(Protocol):
         ...
 
     def exists(self, path: str) -> bool:
-        """Whether ``path`` exists."""
+        """Whether ``path`` exists (a symlink exists as itself, whatever it points to)."""
         ...
 
     def touch(self, path: str) -> None:
-        """Set the modification time of an existing file to now (FileNotFoundError if gone)."""
+        """Set the modification time of an existing file to now (FileNotFoundError if gone; a symlink's own)."""
         ...
 
     def local_path(self, path: str) -> str | None:
-        """The OS path of ``path`` when the queue is on a mounted filesystem, else None."""
+        """The OS path of ``path`` when the queue is on a mounted filesystem, else None.
+
+        For messages, watchers and locks only: opening it follows symlinks.
+        """
         ...

@@ -5,6 +5,16 @@ every task: a read is open/fstat/read/close and a publish is open/write/close/
 rename. Files are opened with O_NOFOLLOW so a symlink planted in the queue cannot
 redirect a read or a write, and with O_NONBLOCK for reads so a FIFO cannot hang a
 worker.
+
+No symlink is followed below the queue root either: the root and its fixed
+folders (``queued/``, ``claimed/``...) are opened once with ``O_DIRECTORY |
+O_NOFOLLOW`` and every name below them is resolved with ``*at`` calls relative
+to those descriptors, a second-level folder (``queued/<shard>``,
+``claimed/<worker>``, ``jobs/<id>``) opened ``O_NOFOLLOW`` relative to its
+top-level one. A symlink there fails with :class:`SymlinkInQueueError`. Those
+second-level descriptors are kept in a small per-thread cache, so the claim
+and submit renames cost what they cost with path strings; a cached descriptor
+of a folder removed meanwhile is noticed (``st_nlink`` 0) and opened afresh.
 """
 
 from __future__ import annotations
@@ -14,8 +24,10 @@ import ctypes
 import errno
 import os
 import stat as stat_mod
+import threading
 from typing import Any
 
+from fs_task_queue.errors import SymlinkInQueueError
 from fs_task_queue.storage import FileInfo
 
 __all__ = ["LocalStorage"]
@@ -27,6 +39,12 @@ _AT_FDCWD = -100
 _FIRST_READ = 1 << 16
 _RENAME_NOREPLACE = 1
 _MOVE_ATTEMPTS = 4  # of a move whose target folder a claimer may remove meanwhile
+# A folder handle for *at calls only: O_PATH needs no read permission and reads nothing.
+_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Second-level folder descriptors one thread keeps (its claimed/<me>, the shards it
+#: reads or fills, the job folder of the task it runs).
+_SUB_CACHE = 16
 
 
 def _load_renameat2() -> Any:
@@ -57,6 +75,27 @@ def _fs(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
+class _Fds(dict[str, int]):
+    """Second-level folder descriptors ("queued/<shard>" -> fd), closed when dropped."""
+
+    def __del__(self) -> None:
+        for fd in self.values():
+            with contextlib.suppress(OSError, TypeError):  # TypeError: os gone at interpreter exit
+                os.close(fd)
+
+
+class _SubFolders(threading.local):
+    """Each thread's own :class:`_Fds`.
+
+    Per thread, so no other thread can close a descriptor (and the kernel hand
+    its number to another file) between this thread's lookup and its use. A
+    thread's descriptors are closed when it ends or the storage is dropped.
+    """
+
+    def __init__(self) -> None:
+        self.fds = _Fds()
+
+
 class LocalStorage:
     """Storage rooted at a directory of a mounted filesystem.
 
@@ -77,7 +116,7 @@ class LocalStorage:
     ) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.location = self.root
-        self._tmp = f"{self.root}/{tmp_dir}"
+        self._tmp_dir = tmp_dir
         self.file_mode = file_mode
         self.dir_mode = dir_mode
         self.durable = durable
@@ -87,6 +126,40 @@ class LocalStorage:
         self._noreplace = _renameat2 is not None
         self._counter = 0
         self._rand = os.urandom(4).hex()
+        self._init_fds()
+
+    def _init_fds(self) -> None:
+        # Opened lazily (a queue being created has no folders yet) and kept for the
+        # storage's life; inherited by a forked task process, dropped by pickling.
+        self._root_fd = -1
+        self._top: dict[str, int] = {}
+        self._subs = _SubFolders()
+        self._fd_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_root_fd", "_top", "_subs", "_fd_lock"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_fds()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def close(self) -> None:
+        """Close the folder descriptors (they are opened again when needed)."""
+        top, self._top = getattr(self, "_top", {}), {}
+        for fd in [*top.values(), getattr(self, "_root_fd", -1)]:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._root_fd = -1
+        if hasattr(self, "_subs"):
+            self._subs = _SubFolders()
 
     def share_with_group(self) -> None:
         """Create group-readable and -writable files and setgid folders from now on."""
@@ -98,8 +171,117 @@ class LocalStorage:
     def local_path(self, path: str) -> str | None:
         return self._abs(path)
 
+    # ------------------------------------------------------------ resolving
+    def _root(self) -> int:
+        fd = self._root_fd
+        if fd < 0:
+            # The root itself is found by its path (what may lead to it is the
+            # caller's choice); everything below it is opened relative to this.
+            fd = os.open(self.root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+            with self._fd_lock:
+                if self._root_fd < 0:
+                    self._root_fd = fd
+                else:
+                    os.close(fd)
+                fd = self._root_fd
+        return fd
+
+    def _open_dir(self, parent: int, name: str, shown: str, flags: int = _DIR_FLAGS) -> int:
+        """Open folder ``name`` in ``parent`` without following a symlink (SymlinkInQueueError)."""
+        try:
+            return os.open(name, flags, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            try:
+                is_link = stat_mod.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+            except OSError:
+                is_link = False
+            if is_link:
+                raise SymlinkInQueueError(self._abs(shown)) from None
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", self._abs(shown)) from None
+
+    def _top_fd(self, name: str) -> int:
+        fd = self._top.get(name)
+        if fd is None:
+            fd = self._open_dir(self._root(), name, name)
+            with self._fd_lock:
+                if name in self._top:
+                    os.close(fd)
+                    fd = self._top[name]
+                else:
+                    self._top[name] = fd
+        return fd
+
+    def _sub_fd(self, key: str, fresh: bool = False) -> tuple[int, bool]:
+        """The descriptor of second-level folder ``key`` and whether it came from the cache."""
+        fds = self._subs.fds
+        fd = fds.get(key)
+        if fd is not None and not fresh:
+            return fd, True
+        top, _, name = key.partition("/")
+        new = self._open_dir(self._top_fd(top), name, key)
+        self._keep(key, new)
+        return new, False
+
+    def _keep(self, key: str, fd: int) -> None:
+        fds = self._subs.fds
+        old = fds.pop(key, None)
+        if old is not None:
+            os.close(old)
+        elif len(fds) >= _SUB_CACHE:
+            os.close(fds.pop(next(iter(fds))))
+        fds[key] = fd
+
+    def _forget(self, key: str) -> None:
+        fd = self._subs.fds.pop(key, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _stale(self, key: str, fd: int) -> bool:
+        """After ENOENT through a cached folder descriptor: was that folder removed since?
+
+        A removed folder has no links left; its descriptor lists as empty and
+        refuses creates with ENOENT, which must not pass for "no such file".
+        Then the entry is dropped and the caller opens the folder afresh.
+        """
+        try:
+            stale = os.fstat(fd).st_nlink == 0
+        except OSError:  # ESTALE on NFS: as good as removed
+            stale = True
+        if stale:
+            self._forget(key)
+        return stale
+
+    def _split(self, path: str) -> tuple[int, str, str | None]:
+        """(folder descriptor, last name, cache key of a second-level folder or None)."""
+        parts = path.split("/")
+        for part in parts:
+            if part in ("", ".", ".."):
+                raise ValueError(f"{path!r} is not a path inside the queue")
+        if len(parts) == 2:
+            return self._top_fd(parts[0]), parts[1], None
+        if len(parts) == 3:
+            key = f"{parts[0]}/{parts[1]}"
+            fd, cached = self._sub_fd(key)
+            return fd, parts[2], key if cached else None
+        if len(parts) == 1:
+            return self._root(), parts[0], None
+        raise ValueError(f"{path!r} is deeper than any queue file")
+
+    def _at(self, path: str, op: Any) -> Any:
+        """``op(folder fd, name)`` for ``path``, once more on a fresh folder if a cached one was removed."""
+        fd, name, key = self._split(path)
+        try:
+            return op(fd, name)
+        except FileNotFoundError:
+            if key is None or not self._stale(key, fd):
+                raise
+        return op(self._sub_fd(key, fresh=True)[0], name)
+
+    # ------------------------------------------------------------ operations
     def read(self, path: str) -> bytes:
-        fd = os.open(self._abs(path), _READ_FLAGS)
+        fd = self._at(path, _open_read)
         try:
             # A read of a regular file comes back short only at its end, so a
             # small file takes open/read/close and no fstat. A directory fails
@@ -115,7 +297,7 @@ class LocalStorage:
             os.close(fd)
 
     def read_from(self, path: str, offset: int) -> bytes:
-        fd = os.open(self._abs(path), _READ_FLAGS)
+        fd = self._at(path, _open_read)
         try:
             chunks = []
             while chunk := os.pread(fd, 1 << 20, offset):
@@ -125,17 +307,23 @@ class LocalStorage:
         finally:
             os.close(fd)
 
+    def open_append(self, path: str) -> int:
+        """A descriptor that appends to ``path`` (created if missing), never through a symlink."""
+        mode = self.file_mode
+        return int(self._at(path, lambda fd, name: os.open(name, _APPEND_FLAGS, mode, dir_fd=fd)))
+
     def _new_tmp_name(self) -> str:
         self._counter += 1
         # Short on purpose: Linux keeps a name of up to 32 bytes inside its
         # dentry and allocates longer ones apart, about 5 µs per file on tmpfs.
         # The pid keeps names unique across a fork that copied the counter
         # (cached: getpid is a system call, and this runs for every file).
-        return f"{self._tmp}/{_pid:x}-{self._rand}-{self._counter:x}.tmp"
+        return f"{_pid:x}-{self._rand}-{self._counter:x}.tmp"
 
     def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False) -> None:
+        tmp_fd = self._top_fd(self._tmp_dir)
         tmp = self._new_tmp_name()
-        fd = os.open(tmp, _CREATE_FLAGS, self.file_mode)
+        fd = os.open(tmp, _CREATE_FLAGS, self.file_mode, dir_fd=tmp_fd)
         try:
             try:
                 written = os.write(fd, data)  # all of it, but for huge files or signals
@@ -150,43 +338,48 @@ class LocalStorage:
             finally:
                 # close() can be where NFS reports ENOSPC/EDQUOT, so its error counts.
                 os.close(fd)
-            target = self._abs(path)
-            self._move(tmp, target, replace=replace, make_parent=make_parent)
+            dst_fd = self._move(tmp_fd, tmp, path, replace=replace, make_parent=make_parent)
             if self.durable:
                 # A claimer may have taken the file and removed its emptied shard
                 # already: the publish happened, so that is no error.
                 with contextlib.suppress(FileNotFoundError):
-                    self._fsync_dir(target.rpartition("/")[0])
+                    self._fsync_dir(dst_fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=tmp_fd)
             raise
 
-    def _move(self, src: str, dst: str, *, replace: bool, make_parent: bool) -> None:
+    def _move(self, src_fd: int, src: str, dst: str, *, replace: bool, make_parent: bool) -> int:
+        """Move ``src`` (in folder ``src_fd``) to the path ``dst``; return the descriptor of dst's folder."""
         for attempt in range(_MOVE_ATTEMPTS):
+            key = None
             try:
+                dst_fd, name, key = self._split(dst)
                 if replace:
-                    os.rename(src, dst)
+                    os.rename(src, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
                 else:
-                    self._rename_noreplace(src, dst)
-                return
+                    self._rename_noreplace(src_fd, src, dst_fd, name)
+                return dst_fd
             except FileNotFoundError:
+                if key is not None and self._stale(key, dst_fd):
+                    continue  # a cached folder removed since: look it up again
                 # ENOENT names neither side. Only a missing parent of dst is ours
                 # to fix (never made, or a claimer removed an emptied shard just
                 # now): make it and move the same file again.
-                if not make_parent or not os.path.lexists(src):
+                if not make_parent or not _lexists(src_fd, src):
                     raise
                 if attempt == _MOVE_ATTEMPTS - 1:
                     # Not FileNotFoundError: callers read that as "someone else
                     # took the file" and could drop a file that is still here.
-                    raise OSError(errno.EAGAIN, f"the folder of {dst} keeps disappearing") from None
+                    raise OSError(errno.EAGAIN, f"the folder of {self._abs(dst)} keeps disappearing") from None
                 with contextlib.suppress(FileNotFoundError):
                     # Removed again between its mkdir and chmod: the next try makes it again.
-                    self._make_dir(dst.rpartition("/")[0])
+                    self._make_dir(self._abs(dst.rpartition("/")[0]))
+        raise OSError(errno.EAGAIN, f"the folder of {self._abs(dst)} keeps disappearing")
 
-    def _rename_noreplace(self, src: str, dst: str) -> None:
+    def _rename_noreplace(self, src_fd: int, src: str, dst_fd: int, dst: str) -> None:
         if self._noreplace and _renameat2 is not None:
-            if _renameat2(_AT_FDCWD, _fs(src), _AT_FDCWD, _fs(dst), _RENAME_NOREPLACE) == 0:
+            if _renameat2(src_fd, _fs(src), dst_fd, _fs(dst), _RENAME_NOREPLACE) == 0:
                 return
             err = ctypes.get_errno()
             if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
@@ -195,52 +388,117 @@ class LocalStorage:
             # which never replaces, and remember so we do not try again.
             self._noreplace = False
         try:
-            os.link(src, dst)
+            os.link(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
         except FileExistsError:
             raise
         except OSError as exc:
             # On NFS a retried LINK can report failure for a link that was made;
             # the truth is whether dst is now the same file as src.
             try:
-                if not os.path.samestat(os.stat(src), os.stat(dst)):
-                    raise
+                same = os.path.samestat(
+                    os.stat(src, dir_fd=src_fd, follow_symlinks=False),
+                    os.stat(dst, dir_fd=dst_fd, follow_symlinks=False),
+                )
             except FileNotFoundError:
                 raise exc from None
-        os.unlink(src)
+            if not same:
+                raise
+        os.unlink(src, dir_fd=src_fd)
 
     @staticmethod
-    def _fsync_dir(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    def _fsync_dir(dir_fd: int) -> None:
+        # The cached descriptors are O_PATH, which fsync refuses: open the folder itself.
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
 
     def append(self, path: str, data: bytes) -> None:
-        fd = os.open(self._abs(path), _APPEND_FLAGS, self.file_mode)
+        fd = self.open_append(path)
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
 
     def rename(self, src: str, dst: str, *, make_parent: bool = False) -> None:
+        src_fd, src_name, key = self._split(src)
         if make_parent:
-            self._move(self._abs(src), self._abs(dst), replace=True, make_parent=True)
-        else:  # the claim's rename: no extra call
-            os.rename(self._abs(src), self._abs(dst))
+            try:
+                self._move(src_fd, src_name, dst, replace=True, make_parent=True)
+                return
+            except FileNotFoundError:
+                if key is None or not self._stale(key, src_fd):
+                    raise
+            self._move(self._sub_fd(key, fresh=True)[0], src_name, dst, replace=True, make_parent=True)
+            return
+        # The claim's rename: no extra call when both folders are cached.
+        dst_fd, dst_name, dst_key = self._split(dst)
+        try:
+            os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            return
+        except FileNotFoundError:
+            src_stale = key is not None and self._stale(key, src_fd)
+            dst_stale = dst_key is not None and self._stale(dst_key, dst_fd)
+            if not (src_stale or dst_stale):
+                raise
+        src_fd, src_name, _ = self._split(src)
+        dst_fd, dst_name, _ = self._split(dst)
+        os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
     def remove(self, path: str) -> None:
-        os.unlink(self._abs(path))
+        self._at(path, lambda fd, name: os.unlink(name, dir_fd=fd))
 
     def remove_tree(self, path: str) -> None:
-        import shutil  # rarely needed, slow to import
-
-        shutil.rmtree(self._abs(path), ignore_errors=True)
+        if path.count("/") == 1:
+            self._forget(path)  # its descriptor would outlive the folder
+        try:
+            parent, name, _ = self._split(path)
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            return  # missing (or its parent is a symlink: nothing of ours to delete)
+        if stat_mod.S_ISLNK(st.st_mode) or not stat_mod.S_ISDIR(st.st_mode):
+            # A symlink planted in place of the folder: remove the link, never
+            # what it points to.
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=parent)
+            return
+        _remove_tree_at(parent, name)
 
     def mkdir(self, path: str) -> None:
-        self._make_dir(self._abs(path))
+        self._make_dir(self._abs(path) if path else self.root)
 
     def _make_dir(self, target: str) -> None:
+        # Takes the OS path (a seam the tests use to race folder removal).
+        if target == self.root:
+            self._make_root()
+            return
+        path = target[len(self.root) + 1 :]
+        try:
+            parent, name, _ = self._split(path)
+        except FileNotFoundError:
+            top = path.partition("/")[0]
+            if top == path:
+                raise
+            self._make_dir(self._abs(top))  # a missing top-level folder (a queue being created)
+            parent, name, _ = self._split(path)
+        try:
+            os.mkdir(name, self.dir_mode, dir_fd=parent)
+        except FileExistsError:
+            return
+        if self._chmod:
+            # Through a descriptor of the new folder: a symlink swapped in
+            # meanwhile is refused, not chmod-ed.
+            fd = self._open_dir(parent, name, path, _LIST_FLAGS)
+            try:
+                os.fchmod(fd, self.dir_mode)
+            finally:
+                os.close(fd)
+        if self.durable:  # the new folder's own entry must survive a power loss too
+            self._fsync_dir(parent)
+
+    def _make_root(self) -> None:
+        target = self.root
         try:
             os.mkdir(target, self.dir_mode)
         except FileExistsError:
@@ -249,22 +507,60 @@ class LocalStorage:
             os.makedirs(target, self.dir_mode, exist_ok=True)
         if self._chmod:
             os.chmod(target, self.dir_mode)
-        if self.durable:  # the new folder's own entry must survive a power loss too
-            self._fsync_dir(target.rpartition("/")[0])
+        if self.durable:
+            fd = os.open(target.rpartition("/")[0] or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _open_listing(self, path: str) -> tuple[int, str | None]:
+        """A readable descriptor of folder ``path``, opened afresh (a cached one may be of a removed folder)."""
+        if not path:
+            return os.open(self.root, _LIST_FLAGS & ~os.O_NOFOLLOW), None
+        parts = path.split("/")
+        if len(parts) == 1 and path not in (".", ".."):
+            return self._open_dir(self._root(), path, path, _LIST_FLAGS), None
+        if len(parts) == 2 and parts[1] not in ("", ".", ".."):
+            return self._open_dir(self._top_fd(parts[0]), parts[1], path, _LIST_FLAGS), path
+        raise ValueError(f"{path!r} is not a folder of the queue")
 
     def listdir(self, path: str) -> list[str]:
-        return os.listdir(self._abs(path))
+        fd, key = self._open_listing(path)
+        try:
+            names = os.listdir(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if key is None:
+            os.close(fd)
+        else:
+            self._keep(key, fd)  # the freshest handle of this folder: the claims of these names use it
+        return names
 
     def scan(self, path: str) -> list[tuple[str, bool]]:
-        # The kernel's d_type says what each entry is: no stat per name.
-        with os.scandir(self._abs(path)) as entries:
-            return [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        fd, key = self._open_listing(path)
+        try:
+            # The kernel's d_type says what each entry is: no stat per name.
+            with os.scandir(fd) as entries:
+                found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        except BaseException:
+            os.close(fd)
+            raise
+        if key is None:
+            os.close(fd)
+        else:
+            self._keep(key, fd)
+        return found
 
     def remove_dir(self, path: str) -> None:
-        os.rmdir(self._abs(path))
+        parent, name, _ = self._split(path)
+        os.rmdir(name, dir_fd=parent)
+        if path.count("/") == 1:
+            self._forget(path)
 
     def stat(self, path: str) -> FileInfo:
-        st = os.lstat(self._abs(path))
+        st = os.lstat(self.root) if not path else self._at(path, _lstat)
         return FileInfo(
             size=st.st_size,
             mtime=st.st_mtime,
@@ -275,10 +571,56 @@ class LocalStorage:
 
     def exists(self, path: str) -> bool:
         try:
-            os.lstat(self._abs(path))
+            if not path:
+                os.lstat(self.root)
+            else:
+                self._at(path, _lstat)
         except FileNotFoundError:
             return False
         return True
 
     def touch(self, path: str) -> None:
-        os.utime(self._abs(path))
+        self._at(path, lambda fd, name: os.utime(name, dir_fd=fd, follow_symlinks=False))
+
+
+def _open_read(dir_fd: int, name: str) -> int:
+    return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result:
+    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _lexists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _remove_tree_at(parent: int, name: str) -> None:
+    """Delete folder ``name`` of ``parent`` and what is in it, by descriptors, following no symlink.
+
+    (shutil.rmtree takes a dir_fd only from Python 3.11.) Errors are ignored:
+    what cannot be deleted stays.
+    """
+    try:
+        fd = os.open(name, _LIST_FLAGS, dir_fd=parent)
+    except OSError:
+        return
+    try:
+        with os.scandir(fd) as entries:
+            found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for entry, is_dir in found:
+            if is_dir:
+                _remove_tree_at(fd, entry)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry, dir_fd=fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(name, dir_fd=parent)
