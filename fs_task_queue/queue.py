@@ -109,12 +109,6 @@ class Queue:
         self.path = storage.location
         self._host = os.uname().nodename
         self._format = self._open(create, shared)
-        # Ownership and modes before anything is trusted: the key and format
-        # file of a queue another user controls prove nothing (they can sign).
-        check_queue_permissions(storage, self._format["shared"])
-        if self._format["shared"] and isinstance(storage, LocalStorage):
-            # Everyone who opens a shared queue must create group-usable files.
-            storage.share_with_group()
         try:
             self._key = self.storage.read(layout.KEY_FILE)
         except PermissionError:
@@ -128,6 +122,14 @@ class Queue:
                 " create a new queue"
             ) from None
         self._check_key_and_format()
+        # A valid signature proves only that whoever wrote the settings had the
+        # key: owners and modes say whether that can be someone else (who can
+        # sign anything). Checked after the signature so that edited settings
+        # are reported as such, not as the modes they imply.
+        check_queue_permissions(storage, self._format["shared"])
+        if self._format["shared"] and isinstance(storage, LocalStorage):
+            # Everyone who opens a shared queue must create group-usable files.
+            storage.share_with_group()
         self._pyver = python_version()
         self._claimer: Claimer | None = None
         self._status_cache: dict[str, JobStatus] = {}
@@ -267,11 +269,6 @@ class Queue:
                 info = storage.stat("")
             except FileNotFoundError:
                 info = None
-            if info is not None and info.is_symlink:
-                raise QueueError(
-                    f"{self.path} is a symlink to a directory that does not exist: create that"
-                    " directory, or pass the path of a directory"
-                )
             if info is not None and not info.is_dir:
                 raise QueueError(f"{self.path} is a file, not a queue directory: pass the path of a directory")
             if info is not None:
@@ -811,14 +808,19 @@ def _real_root(path: str | os.PathLike[str]) -> str:
     Users commonly reach scratch space through a symlink. What is trusted is
     the real directory (its owner and modes are checked), and every later
     operation uses its path, so re-pointing the link later changes nothing for
-    processes that have the queue open. A dangling link is kept (and refused).
+    processes that have the queue open.
     """
     path = os.path.abspath(os.fspath(path))
-    if os.path.islink(path):
-        real = os.path.realpath(path)
-        if os.path.isdir(real):
-            return real
-    return path
+    if not os.path.islink(path):
+        return path
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        # Not followed to make a queue wherever the link's owner pointed it.
+        raise QueueError(
+            f"{path} is a symlink to {real}, which is not a directory: create that directory,"
+            " or pass the path of a directory"
+        )
+    return real
 
 
 def _reopen(storage: Storage) -> Queue:

@@ -51,9 +51,7 @@ class Storage(Protocol):
         """The content of ``path`` from byte ``offset`` on (for tailing logs)."""
         ...
 
-    def publish(
-        self, path: str, data: bytes, *, replace: bool, make_parent: bool = False, sync: bool = False
-    ) -> None:
+    def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False, sync: bool = False) -> None:
         """Write ``data`` to ``path`` atomically (temp file + rename).
 
         With ``replace=False`` the target must not exist (``FileExistsError``):

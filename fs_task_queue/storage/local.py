@@ -133,9 +133,7 @@ class LocalStorage:
         # (cached: getpid is a system call, and this runs for every file).
         return f"{self._tmp}/{_pid:x}-{self._rand}-{self._counter:x}.tmp"
 
-    def publish(
-        self, path: str, data: bytes, *, replace: bool, make_parent: bool = False, sync: bool = False
-    ) -> None:
+    def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False, sync: bool = False) -> None:
         sync = sync or self.durable
         tmp = self._new_tmp_name()
         fd = os.open(tmp, _CREATE_FLAGS, self.file_mode)
