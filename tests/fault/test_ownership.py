@@ -129,10 +129,13 @@ def test_key_and_format_swapped_by_the_directory_owner_run_none_of_their_code(sc
     )
     assert os.stat(victim / "key").st_uid == uid and os.stat(victim / "key").st_mode & 0o077 == 0
 
-    worker_refuses(procs, victim, f"owned by user {name} (uid {uid})", "Fix:")
+    proc = procs.worker(victim, "w", "--burst")
+    code = procs.wait(proc)
+    assert not sentinel.exists(), f"the other user's task ran: {sentinel.read_text()}"
+    assert code == 1, procs.log(proc)
+    assert f"owned by user {name} (uid {uid})" in procs.log(proc), procs.log(proc)
     with pytest.raises(InsecureQueueError, match=f"owned by user {name}"):
         Queue(victim)
-    assert not sentinel.exists(), f"the other user's task ran: {sentinel.read_text()}"
     assert not executions(fx), "nothing ran"
     assert mine.get_status() is not JobStatus.FINISHED
     refused_row("key+format+queued/ swapped by dir owner", 1, "refused; their task ran 0 times")
