@@ -79,13 +79,14 @@ def check_queue_permissions(storage: Storage, shared: bool) -> None:
     skipped (the caller reports a missing key or format file).
     """
     euid = os.geteuid()
-    me = _user_name(euid)
     root = storage.location.rstrip("/") or "/"
     try:
-        group = storage.stat("").gid
+        root_info = storage.stat("")
     except FileNotFoundError:
         return  # the caller is about to report the missing queue
+    group = root_info.gid
     if shared and group != os.getegid() and group not in os.getgroups():
+        me = _user_name(euid)
         raise InsecureQueueError(
             f"{root} is a queue shared with the group {_group(group)}, and you ({me}) are not in that"
             " group. A shared queue trusts every member of its root's group (they may own its files"
@@ -95,13 +96,13 @@ def check_queue_permissions(storage: Storage, shared: bool) -> None:
         )
     for rel in _CHECKED:
         try:
-            info = storage.stat(rel)
+            info = storage.stat(rel) if rel else root_info
         except FileNotFoundError:
             continue
-        _check(root, rel, info, shared=shared, group=group, euid=euid, me=me)
+        _check(root, rel, info, shared=shared, group=group, euid=euid)
 
 
-def _check(root: str, rel: str, info: FileInfo, *, shared: bool, group: int, euid: int, me: str) -> None:
+def _check(root: str, rel: str, info: FileInfo, *, shared: bool, group: int, euid: int) -> None:
     shown = f"{root}/{rel}" if rel else root
     if info.is_symlink:
         what = "the queue's root" if not rel else ("a queue's file" if rel in _FILES else "a queue's folder")
@@ -113,6 +114,7 @@ def _check(root: str, rel: str, info: FileInfo, *, shared: bool, group: int, eui
     if rel in _FILES and not info.is_file:
         raise InsecureQueueError(f"{shown} is not a regular file: the queue is damaged; create a new queue")
     if info.uid not in (0, euid) and not (shared and _is_member(info.uid, group)):
+        me = _user_name(euid)  # looked up only now: it reads /etc/passwd
         if shared:
             rule = (
                 f"who is neither you ({me}), root, nor a member of the queue's group {_group(group)}:"
