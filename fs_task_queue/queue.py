@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import os
+import stat
 import threading
 import time
 import weakref
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
 from fs_task_queue._version import __version__
-from fs_task_queue.errors import CorruptFileError, NoSuchJobError, QueueError, SymlinkInQueueError
+from fs_task_queue.errors import CorruptFileError, InsecureQueueError, NoSuchJobError, QueueError, SymlinkInQueueError
 from fs_task_queue.faults import crash_point
 from fs_task_queue.group import JobGroup
 from fs_task_queue.ids import (
@@ -45,6 +46,7 @@ from fs_task_queue.ids import (
 from fs_task_queue.job import Job, Outcome
 from fs_task_queue.liveness import AliveLock, HostIdentity
 from fs_task_queue.progress import WorkerInfo
+from fs_task_queue.security import check_queue_permissions
 from fs_task_queue.serialize import (
     TASK_MAGIC,
     dumps,
@@ -53,6 +55,8 @@ from fs_task_queue.serialize import (
     open_envelope,
     python_version,
     seal_encoded,
+    settings_signature_ok,
+    sign_settings,
 )
 from fs_task_queue.shards import Backlog, iter_queued_names, move_to_queued, publish_queued, queued_names
 from fs_task_queue.snapshot import JobState, snapshot
@@ -68,8 +72,14 @@ __all__ = ["FORMAT_VERSION", "Queue"]
 
 log = logging.getLogger("fs_task_queue.worker")
 
-FORMAT_VERSION = 1
+#: 2: the format file is signed with the queue's key (1, unsigned, was a development version).
+FORMAT_VERSION = 2
 _FORMAT_NAME = "fs-task-queue"
+#: A key is 32 random bytes; a shorter one is a truncated or replaced file.
+_KEY_SIZE = 32
+#: How long an opener waits for a racing creator that has written the key but
+#: not yet the format file, before calling the directory damaged.
+_CREATOR_GRACE = 2.0
 #: map() and enqueue_many() seal this many tasks, then write them, then the next ones.
 _SEAL_CHUNK = 256
 
@@ -108,15 +118,12 @@ class Queue:
             file_mode, dir_mode = (0o660, 0o2770) if shared else (0o600, 0o700)
             # "~/q" means the home directory, as the worker's `--path ~/q` does
             # after the shell expands it; left as is it would be ./~/q.
-            root = os.path.expanduser(os.fspath(path))
+            root = _real_root(os.path.expanduser(os.fspath(path)))
             storage = LocalStorage(root, file_mode=file_mode, dir_mode=dir_mode, durable=durable)
         self.storage: Storage = storage
         self.path = storage.location
         self._host = os.uname().nodename
         self._format = self._open(create, shared)
-        if self._format.get("shared") and isinstance(storage, LocalStorage):
-            # Everyone who opens a shared queue must create group-usable files.
-            storage.share_with_group()
         try:
             self._key = self.storage.read(layout.KEY_FILE)
         except PermissionError:
@@ -129,6 +136,15 @@ class Queue:
                 f"the queue at {self.path} has no signing key file ({layout.KEY_FILE}); it is damaged:"
                 " create a new queue"
             ) from None
+        self._check_key_and_format()
+        # A valid signature proves only that whoever wrote the settings had the
+        # key: owners and modes say whether that can be someone else (who can
+        # sign anything). Checked after the signature so that edited settings
+        # are reported as such, not as the modes they imply.
+        check_queue_permissions(storage, self._format["shared"])
+        if self._format["shared"] and isinstance(storage, LocalStorage):
+            # Everyone who opens a shared queue must create group-usable files.
+            storage.share_with_group()
         self._pyver = python_version()
         self._claimer: Claimer | None = None
         self._status_cache: dict[str, JobStatus] = {}
@@ -165,25 +181,101 @@ class Queue:
             ) from None
         except PermissionError as exc:
             raise QueueError(f"cannot read the queue at {self.path}: {exc.strerror}; check its permissions") from None
+        if self._was_made():
+            # Never made again: a new format file could turn a shared queue private.
+            return self._await_format()
         if not create:
             raise QueueError(f"there is no queue at {self.path}: create it with Queue({self.path!r})")
         return self._create(shared)
 
+    def _was_made(self) -> bool:
+        """Whether the directory holds a key, or folders made for a shared queue (only then looked at)."""
+        try:
+            names = set(self.storage.listdir(""))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return False  # reported by _create
+        if layout.KEY_FILE in names:
+            return True
+        for sub in names.intersection(layout.SUBDIRS):
+            with contextlib.suppress(FileNotFoundError):
+                if self.storage.stat(sub).mode & (stat.S_ISGID | stat.S_IRWXG):
+                    return True  # a private queue's folders are 0700
+        return False
+
+    def _await_format(self) -> dict[str, Any]:
+        # A creator publishes the key, then the format file: give one that is
+        # between the two (or still making shared folders) time to finish.
+        deadline = time.monotonic() + _CREATOR_GRACE
+        while True:
+            try:
+                return self._read_format()
+            except FileNotFoundError:
+                pass
+            if time.monotonic() >= deadline:
+                raise QueueError(
+                    f"{self.path} holds a queue (a signing key, or folders made for a shared queue) but"
+                    f" no {layout.FORMAT_FILE}: the queue is damaged or its format file was deleted. It is"
+                    " not made again, because a new format file could silently turn a shared queue"
+                    " private. Fix: if its creation was interrupted and it holds no work, remove the"
+                    f" directory and create the queue again; otherwise restore {layout.FORMAT_FILE}"
+                    " from a backup, or create a new queue"
+                )
+            time.sleep(0.02)
+
     def _read_format(self) -> dict[str, Any]:
+        """The format file, its fields checked strictly (its signature is checked once the key is read)."""
         raw = self.storage.read(layout.FORMAT_FILE)
+        shown = f"{self.path}/{layout.FORMAT_FILE}"
         try:
             fmt = json.loads(raw)
-            ok = fmt.get("format") == _FORMAT_NAME
-        except (ValueError, AttributeError):
+            ok = type(fmt) is dict and fmt.get("format") == _FORMAT_NAME
+        except ValueError:
             ok = False
         if not ok:
-            raise QueueError(f"{self.path}/{layout.FORMAT_FILE} is not an fs-task-queue format file")
-        if int(fmt.get("version", 0)) > FORMAT_VERSION:
+            raise QueueError(f"{shown} is not an fs-task-queue format file")
+        version = fmt.get("version")
+        # type(), not isinstance(): true is an int to Python, and no version to us.
+        if type(version) is not int or version < 1:
             raise QueueError(
-                f"the queue at {self.path} has format {fmt['version']}, newer than this"
+                f'{shown} has "version": {json.dumps(version)}, not a format version (a whole number):'
+                " the file is damaged or was edited. Fix: create a new queue"
+            )
+        if version > FORMAT_VERSION:
+            raise QueueError(
+                f"the queue at {self.path} has format {version}, newer than this"
                 f" fs-task-queue {__version__} reads ({FORMAT_VERSION}): upgrade fs-task-queue"
             )
+        if version < FORMAT_VERSION:
+            raise QueueError(
+                f"the queue at {self.path} has format {version}, made by an earlier development version"
+                f" of fs-task-queue ({fmt.get('created_by', 'unknown')}) whose format file is not signed;"
+                f" fs-task-queue {__version__} does not open it. Fix: create a new queue (a new directory)"
+                " for new work, and drain this one with the fs-task-queue version that made it"
+            )
+        if type(fmt.get("shared")) is not bool:
+            raise QueueError(
+                f'{shown} has "shared": {json.dumps(fmt.get("shared"))}, which must be true or false:'
+                " the file is damaged or was edited. Fix: create a new queue"
+            )
+        if type(fmt.get("signature")) is not str:
+            raise QueueError(f"{shown} has no signature: the file is damaged or was edited. Fix: create a new queue")
         return dict(fmt)
+
+    def _check_key_and_format(self) -> None:
+        """Refuse a short key, and settings not signed with the key (changed by someone without it)."""
+        if len(self._key) < _KEY_SIZE:
+            raise QueueError(
+                f"the signing key {self.path}/{layout.KEY_FILE} is {len(self._key)} bytes long, not"
+                f" {_KEY_SIZE}: it was truncated (a crash while the queue was made?) or replaced, so"
+                " nothing in the queue can be verified. Fix: create a new queue"
+            )
+        settings = {k: v for k, v in self._format.items() if k != "signature"}
+        if not settings_signature_ok(self._key, settings, self._format["signature"]):
+            raise InsecureQueueError(
+                f"{self.path}/{layout.FORMAT_FILE} fails its signature check: its settings were changed"
+                " by someone without the queue's key, or the key was replaced, so the queue cannot be"
+                " trusted. Fix: find out who can write into the queue, and create a new queue"
+            )
 
     def _create(self, shared: bool) -> dict[str, Any]:
         storage = self.storage
@@ -195,6 +287,8 @@ class Queue:
             if info is not None and not info.is_dir:
                 raise QueueError(f"{self.path} is a file, not a queue directory: pass the path of a directory")
             if info is not None:
+                # Nothing is made in a directory another user controls.
+                check_queue_permissions(storage, shared)
                 known = {*layout.SUBDIRS, layout.KEY_FILE}
                 foreign = sorted(n for n in storage.listdir("") if n not in known)
                 if foreign:
@@ -208,25 +302,21 @@ class Queue:
                 storage.mkdir(sub)
             # The key is made before the format file, which is written last: a
             # directory with a format file is a complete queue. Racing creators
-            # are fine because neither file is ever replaced.
-            for name, data in (
-                (layout.KEY_FILE, os.urandom(32)),
-                (
-                    layout.FORMAT_FILE,
-                    json.dumps(
-                        {
-                            "format": _FORMAT_NAME,
-                            "version": FORMAT_VERSION,
-                            "created_by": __version__,
-                            "created_at": _now(),
-                            "shared": shared,
-                        },
-                        indent=1,
-                    ).encode(),
-                ),
-            ):
-                with contextlib.suppress(FileExistsError):
-                    storage.publish(name, data, replace=False)
+            # are fine because neither file is ever replaced; each signs with
+            # the key that won. Both are fsynced whatever `durable` says: a
+            # crash must not leave an empty key or a queue without settings.
+            with contextlib.suppress(FileExistsError):
+                storage.publish(layout.KEY_FILE, os.urandom(_KEY_SIZE), replace=False, sync=True)
+            settings: dict[str, Any] = {
+                "format": _FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "created_by": __version__,
+                "created_at": _now(),
+                "shared": shared,
+            }
+            settings["signature"] = sign_settings(storage.read(layout.KEY_FILE), settings)
+            with contextlib.suppress(FileExistsError):
+                storage.publish(layout.FORMAT_FILE, json.dumps(settings, indent=1).encode(), replace=False, sync=True)
         except PermissionError as exc:
             raise QueueError(
                 f"cannot create a queue at {self.path}: {exc.strerror} ({exc.filename});"
@@ -818,6 +908,27 @@ def _close_at_exit(ref: weakref.ref[Claimer]) -> None:
     claimer = ref()
     if claimer is not None:
         claimer.close()
+
+
+def _real_root(path: str | os.PathLike[str]) -> str:
+    """The queue's directory: a symlink at its last component is resolved, once, here.
+
+    Users commonly reach scratch space through a symlink. What is trusted is
+    the real directory (its owner and modes are checked), and every later
+    operation uses its path, so re-pointing the link later changes nothing for
+    processes that have the queue open.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.islink(path):
+        return path
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        # Not followed to make a queue wherever the link's owner pointed it.
+        raise QueueError(
+            f"{path} is a symlink to {real}, which is not a directory: create that directory,"
+            " or pass the path of a directory"
+        )
+    return real
 
 
 def _reopen(storage: Storage) -> Queue:

@@ -1,55 +1,159 @@
-"""Refusing queue directories that other users could write into.
+"""Refusing queue directories that other users control or could write into.
 
 Whoever can write a task file that a worker unpickles can run code as that
-worker's user. Task files are signed, but a directory others can write also
-lets them delete, replace or swap files, so a worker refuses to serve a queue
-whose root or folders are world-writable, or group-writable when the queue was
-not created for sharing (``Queue(path, shared=True)``). The rule is sshd's
-StrictModes, applied to the queue.
+worker's user. Task files are signed, but whoever owns the queue's directory,
+one of its folders, its key or its format file can replace the key and sign
+their own tasks; and a directory others can write lets them delete, replace or
+swap files. So every process that opens a queue (clients too: they must not
+submit to, or read results from, a queue another user controls) refuses one:
+
+* whose root, folders, key or format file are owned by a user other than root
+  or the process's effective user (in a queue created for sharing, by a user
+  outside the queue root's group);
+* whose root or folders are symlinks, are world-writable, or group-writable
+  when the queue was not created for sharing (``Queue(path, shared=True)``);
+* whose key is readable by others.
+
+This is sshd's StrictModes rule (owner and modes), applied to the queue. It
+runs through ``Storage.stat`` (an ``lstat``), about a dozen calls when a queue
+is opened and never on the per-task path.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 
 from fs_task_queue import layout
 from fs_task_queue.errors import InsecureQueueError
-from fs_task_queue.storage import Storage
+from fs_task_queue.storage import FileInfo, Storage
 
 __all__ = ["check_queue_permissions"]
 
+#: Checked in this order: the root first, so a foreign queue is named by its root.
+_CHECKED = ("", *layout.SUBDIRS, layout.KEY_FILE, layout.FORMAT_FILE)
+_FILES = (layout.KEY_FILE, layout.FORMAT_FILE)
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid} (no such user on this machine)"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"
+
+
+def _is_member(uid: int, gid: int) -> bool:
+    """Whether the user ``uid`` belongs to group ``gid`` (as primary group or listed member)."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False  # a deleted user's files: nobody can say whom they belong to
+    if user.pw_gid == gid:
+        return True
+    try:
+        return user.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
+
 
 def check_queue_permissions(storage: Storage, shared: bool) -> None:
-    """Raise InsecureQueueError naming the first unsafe path and how to fix it."""
-    for rel in ("", *layout.SUBDIRS, layout.KEY_FILE):
-        path = storage.local_path(rel)
-        if path is None:
-            return  # not mounted here: the server's owner must check it
+    """Raise InsecureQueueError naming the first untrusted path, its owner and the fix.
+
+    ``shared`` is what the queue's format file says. Paths that do not exist are
+    skipped (the caller reports a missing key or format file).
+    """
+    euid = os.geteuid()
+    root = storage.location.rstrip("/") or "/"
+    try:
+        root_info = storage.stat("")
+    except FileNotFoundError:
+        return  # the caller is about to report the missing queue
+    group = root_info.gid
+    if shared and group != os.getegid() and group not in os.getgroups():
+        me = _user_name(euid)
+        raise InsecureQueueError(
+            f"{root} is a queue shared with the group {_group(group)}, and you ({me}) are not in that"
+            " group. A shared queue trusts every member of its root's group (they may own its files"
+            " and write into its folders), so only members may use it: it could run their code as"
+            f" you. Fix: ask for {me} to be added to group {_group(group)} (then log in again), or use"
+            " a queue of your own"
+        )
+    for rel in _CHECKED:
         try:
-            st = os.lstat(path)
+            info = storage.stat(rel) if rel else root_info
         except FileNotFoundError:
             continue
-        shown = path.rstrip("/")
-        if stat.S_ISLNK(st.st_mode):
-            raise InsecureQueueError(
-                f"{shown} is a symlink; a queue's folders must be real directories so nobody can"
-                f" redirect them: replace it with a directory"
+        _check(root, rel, info, shared=shared, group=group, euid=euid)
+
+
+def _check(root: str, rel: str, info: FileInfo, *, shared: bool, group: int, euid: int) -> None:
+    shown = f"{root}/{rel}" if rel else root
+    if info.is_symlink:
+        what = "the queue's root" if not rel else ("a queue's file" if rel in _FILES else "a queue's folder")
+        raise InsecureQueueError(
+            f"{shown} is a symlink; {what} must be the real thing so nobody can redirect it:"
+            f" replace it with a {'file' if rel in _FILES else 'directory'}"
+            + (" (or open the queue by the path it points to)" if not rel else "")
+        )
+    if rel in _FILES and not info.is_file:
+        raise InsecureQueueError(f"{shown} is not a regular file: the queue is damaged; create a new queue")
+    if info.uid not in (0, euid) and not (shared and _is_member(info.uid, group)):
+        me = _user_name(euid)  # looked up only now: it reads /etc/passwd
+        if shared:
+            rule = (
+                f"who is neither you ({me}), root, nor a member of the queue's group {_group(group)}:"
+                " a shared queue trusts only its group's members"
             )
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & stat.S_IWOTH:
-            raise InsecureQueueError(
-                f"{shown} is world-writable (mode {mode:04o}): any user on this machine could make"
-                f" this worker run their code. Fix: chmod o-w {shown}"
-            )
-        if mode & stat.S_IWGRP and not shared:
-            raise InsecureQueueError(
-                f"{shown} is group-writable (mode {mode:04o}) but the queue was not created for"
-                f" sharing. Fix: chmod g-w {shown}, or create the queue with Queue(path, shared=True)"
-                " to share it with your group on purpose"
-            )
-        if rel == layout.KEY_FILE and mode & (stat.S_IROTH | (0 if shared else stat.S_IRGRP)):
-            raise InsecureQueueError(
-                f"the queue's signing key {shown} is readable by others (mode {mode:04o}): they could"
-                f" sign tasks. Fix: chmod {'640' if shared else '600'} {shown}"
-            )
+        else:
+            rule = f"not by you ({me}) or root"
+        raise InsecureQueueError(
+            f"{shown} is owned by {_user(info.uid)}, {rule}. Its owner could replace the queue's key"
+            " and files, make your workers run their code as you, or forge your results."
+            f" Fix: use a queue directory you own, or `chown -R {me} {root}` if it is yours"
+        )
+    mode = info.mode
+    if mode & stat.S_IWOTH:
+        raise InsecureQueueError(
+            f"{shown} is world-writable (mode {mode:04o}): any user on this machine could make"
+            f" the queue's workers run their code. Fix: chmod o-w {shown}"
+        )
+    if mode & stat.S_IWGRP and not shared:
+        raise InsecureQueueError(
+            f"{shown} is group-writable (mode {mode:04o}) but the queue was not created for"
+            f" sharing. Fix: chmod g-w {shown}, or create the queue with Queue(path, shared=True)"
+            " to share it with your group on purpose"
+        )
+    if rel == layout.KEY_FILE and mode & (stat.S_IROTH | (0 if shared else stat.S_IRGRP)):
+        raise InsecureQueueError(
+            f"the queue's signing key {shown} is readable by others (mode {mode:04o}): they could"
+            f" sign tasks. Fix: chmod {'640' if shared else '600'} {shown}"
+        )
+    if shared and info.gid != group and mode & (stat.S_IWGRP | (stat.S_IRGRP if rel == layout.KEY_FILE else 0)):
+        raise InsecureQueueError(
+            f"{shown} is {'readable' if rel == layout.KEY_FILE else 'writable'} by the group"
+            f" {_group(info.gid)}, not by the queue's group {_group(group)}: that group's members"
+            f" could make this worker run their code. Fix: chgrp {_group_name(group)} {shown}"
+        )
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -30,10 +30,15 @@ __all__ = [
     "python_version",
     "seal",
     "seal_encoded",
+    "settings_signature_ok",
+    "sign_settings",
 ]
 
 TASK_MAGIC = b"FSQT1"
 RESULT_MAGIC = b"FSQR1"
+#: Signs a queue's settings (``fsq-format.json``), format version 2.
+SETTINGS_MAGIC = b"FSQF2"
+_SETTINGS_NAME = "fsq-format.json"
 _SIG = 32
 _PREFIX = 5 + _SIG + 4
 
@@ -109,6 +114,26 @@ def seal_encoded(magic: bytes, key: bytes, job_id: str, head: bytes, *payload: b
     """:func:`seal` for a header already encoded as compact JSON; the payload may come in parts."""
     body = b"".join((len(head).to_bytes(4, "big"), head, *payload))
     return b"".join((magic, _signature(key, magic, job_id, body), body))
+
+
+def _settings_body(settings: dict[str, Any]) -> bytes:
+    # One canonical text for the same settings, however the file was indented or
+    # ordered: sorted keys, no spaces, ASCII (floats round-trip through repr).
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign_settings(key: bytes, settings: dict[str, Any]) -> str:
+    """The hex HMAC-SHA256 of a queue's settings, as stored in its format file."""
+    return _signature(key, SETTINGS_MAGIC, _SETTINGS_NAME, _settings_body(settings)).hex()
+
+
+def settings_signature_ok(key: bytes, settings: dict[str, Any], signature: str) -> bool:
+    """Whether ``signature`` (hex) signs ``settings`` with ``key``; compared in constant time."""
+    try:
+        given = bytes.fromhex(signature)
+    except ValueError:
+        return False
+    return hmac.compare_digest(given, _signature(key, SETTINGS_MAGIC, _SETTINGS_NAME, _settings_body(settings)))
 
 
 def open_envelope(magic: bytes, key: bytes, job_id: str, data: bytes) -> Envelope:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +70,31 @@ def worker(queue: Queue, workers: Workers) -> str:
     )
     assert proc.poll() is None, workers.log(proc)
     return name
+
+
+@pytest.fixture(scope="session")
+def other_user() -> Iterator[tuple[str, int, int]]:
+    """A real second Unix user ``fsqother``: (name, uid, gid). Needs root (CI runs as root).
+
+    Made with ``useradd`` unless it exists already (an earlier run that was
+    killed, or a parallel session), and removed at the end only if made here.
+    """
+    name = "fsqother"
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the ownership tests need root to create a second user (CI runs as root)")
+        pytest.skip("needs root to create a second user")
+    made = False
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        run = subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], capture_output=True, text=True)
+        made = run.returncode == 0
+        if run.returncode not in (0, 9):  # 9: made meanwhile by someone else
+            pytest.fail(f"useradd {name} failed: {run.stderr.strip()}")
+    user = pwd.getpwnam(name)
+    try:
+        yield name, user.pw_uid, user.pw_gid
+    finally:
+        if made:
+            subprocess.run(["userdel", name], check=False, capture_output=True)

@@ -16,13 +16,19 @@ __all__ = ["FileInfo", "Storage"]
 
 @dataclass(frozen=True)
 class FileInfo:
-    """What ``stat`` tells about a file."""
+    """What ``stat`` tells about a file (of the file itself: a symlink is not followed)."""
 
     size: int
     mtime: float
     ctime: float
     is_file: bool
     is_dir: bool
+    #: Permission bits with the set-id and sticky bits (``stat.S_IMODE``).
+    mode: int
+    #: Owner and group, as the filesystem reports them (the trust check compares them).
+    uid: int
+    gid: int
+    is_symlink: bool
 
 
 @runtime_checkable
@@ -58,7 +64,7 @@ class Storage(Protocol):
         """The content of ``path`` from byte ``offset`` on (for tailing logs); symlinks as in :meth:`read`."""
         ...
 
-    def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False) -> None:
+    def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False, sync: bool = False) -> None:
         """Write ``data`` to ``path`` atomically (temp file + rename).
 
         With ``replace=False`` the target must not exist (``FileExistsError``):
@@ -67,6 +73,8 @@ class Storage(Protocol):
         written, just before the rename (so a failed write leaves nothing behind).
         The new file replaces a symlink at ``path`` (it never writes through one);
         a symlinked folder on the way raises SymlinkInQueueError and nothing is published.
+        With ``sync=True`` the file and its folder entry are made durable even
+        when the storage is not (the queue's key and format file).
         """
         ...
 

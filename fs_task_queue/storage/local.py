@@ -320,7 +320,8 @@ class LocalStorage:
         # (cached: getpid is a system call, and this runs for every file).
         return f"{_pid:x}-{self._rand}-{self._counter:x}.tmp"
 
-    def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False) -> None:
+    def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False, sync: bool = False) -> None:
+        sync = sync or self.durable
         tmp_fd = self._top_fd(self._tmp_dir)
         tmp = self._new_tmp_name()
         fd = os.open(tmp, _CREATE_FLAGS, self.file_mode, dir_fd=tmp_fd)
@@ -333,13 +334,13 @@ class LocalStorage:
                         view = view[os.write(fd, view) :]
                 if self._chmod:
                     os.fchmod(fd, self.file_mode)
-                if self.durable:
+                if sync:
                     os.fsync(fd)
             finally:
                 # close() can be where NFS reports ENOSPC/EDQUOT, so its error counts.
                 os.close(fd)
             dst_fd = self._move(tmp_fd, tmp, path, replace=replace, make_parent=make_parent)
-            if self.durable:
+            if sync:
                 # A claimer may have taken the file and removed its emptied shard
                 # already: the publish happened, so that is no error.
                 with contextlib.suppress(FileNotFoundError):
@@ -567,6 +568,10 @@ class LocalStorage:
             ctime=st.st_ctime,
             is_file=stat_mod.S_ISREG(st.st_mode),
             is_dir=stat_mod.S_ISDIR(st.st_mode),
+            mode=stat_mod.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            is_symlink=stat_mod.S_ISLNK(st.st_mode),
         )
 
     def exists(self, path: str) -> bool:
