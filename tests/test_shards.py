@@ -139,7 +139,8 @@ def test_a_shard_removed_between_mkdir_and_chmod_is_made_again(queue):
     assert storage.raced and storage.read("queued/20000101-000000-0/moved") == b"task"
 
 
-def test_close_keeps_a_claim_it_cannot_move_back_for_recovery(queue):
+def test_close_keeps_a_claim_it_cannot_move_back_for_recovery(queue, monkeypatch):
+    monkeypatch.setattr(shards_module, "MOVE_PATIENCE", 0.2)  # movers now outwait a thief this long
     job = queue.enqueue(operator.add, 1, 2)
     claimer = Claimer(Queue(storage=ShardThief(queue.path)), "closer")
     assert claimer.claim().id == job.id
