@@ -48,11 +48,14 @@ def _new_suffix() -> None:
 os.register_at_fork(after_in_child=_new_suffix)
 
 
-def new_order_key() -> str:
-    """A new key that sorts after every key this process made before."""
+def new_order_key(seconds: float | None = None) -> str:
+    """A new key for the time ``seconds`` (epoch; default now) that sorts after every key this process made before.
+
+    Submitters pass their clock corrected to the storage's (see ``Queue(clock=...)``).
+    """
     global _last_us, _stamp_second, _stamp
     with _lock:
-        now_us = time.time_ns() // 1000
+        now_us = time.time_ns() // 1000 if seconds is None else int(seconds * 1_000_000)
         # Two calls within one microsecond (or a clock step back) must still sort
         # in call order, so never hand out a time at or below the last one.
         _last_us = now_us = max(now_us, _last_us + 1)

@@ -58,7 +58,14 @@ from fs_task_queue.serialize import (
     settings_signature_ok,
     sign_settings,
 )
-from fs_task_queue.shards import Backlog, iter_queued_names, move_to_queued, publish_queued, queued_names
+from fs_task_queue.shards import (
+    MOVE_PATIENCE,
+    Backlog,
+    iter_queued_names,
+    move_to_queued,
+    publish_queued,
+    queued_names,
+)
 from fs_task_queue.snapshot import JobState, snapshot
 from fs_task_queue.status import JobStatus
 from fs_task_queue.storage import Storage
@@ -82,6 +89,12 @@ _KEY_SIZE = 32
 _CREATOR_GRACE = 2.0
 #: map() and enqueue_many() seal this many tasks, then write them, then the next ones.
 _SEAL_CHUNK = 256
+#: A submitter measures how far its clock is from the storage's at its first
+#: submission and again after this many seconds (of its monotonic clock).
+SKEW_RECHECK = 300.0
+#: Clocks closer than this (seconds) are taken to agree: a file time can be whole
+#: seconds (SFTP) or a kernel tick late, so smaller measured offsets are noise.
+SKEW_TOLERANCE = 1.0
 
 
 def _now() -> float:
@@ -95,7 +108,10 @@ class Queue:
     the directory does not exist or is empty; ``create=False`` refuses to.
     ``shared=True`` (or a ``group``-readable ``mode``) makes a new queue usable by
     the members of the directory's group. ``durable=True`` fsyncs every file and
-    directory entry it writes (survives power loss, costs speed).
+    directory entry it writes (survives power loss, costs speed). ``clock`` is
+    this process's time source for submissions (a callable returning epoch
+    seconds, default :func:`time.time`); submissions correct it to the storage's
+    clock, so a host whose clock is off still queues in submission order.
 
     >>> queue = Queue("path/to/queue")            # doctest: +SKIP
     >>> job = queue.enqueue(operator.add, 1, 2)   # doctest: +SKIP
@@ -111,7 +127,10 @@ class Queue:
         shared: bool = False,
         durable: bool = False,
         storage: Storage | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning epoch seconds (like time.time), got {clock!r}")
         if storage is None:
             if path is None:
                 raise TypeError("Queue() needs a path (or a storage)")
@@ -146,6 +165,9 @@ class Queue:
             # Everyone who opens a shared queue must create group-usable files.
             storage.share_with_group()
         self._pyver = python_version()
+        self._clock: Callable[[], float] = clock or time.time
+        self._skew = 0.0  # storage clock minus ours, added to every submission time
+        self._skew_due = 0.0  # monotonic time of the next measurement (0: at the first submission)
         self._claimer: Claimer | None = None
         self._status_cache: dict[str, JobStatus] = {}
         self._watchers = threading.local()
@@ -361,6 +383,7 @@ class Queue:
         """
         func_bytes, args_bytes = dumps_call(func, tuple(args), dict(kwargs or {}))
         options = _options(timeout, retries, retry_delay, retry_backoff, metadata)
+        self._sync_clock()
         task = self._seal(func, func_bytes, args_bytes, options, job_id)
         if job_id is not None and self.storage.exists(layout.result_path(task[0])):
             raise FileExistsError(errno.EEXIST, f"a job with id {job_id!r} already exists in {self.path}")
@@ -406,6 +429,7 @@ class Queue:
         jobs = JobGroup()
         for start in range(0, len(payloads), _SEAL_CHUNK):
             chunk = payloads[start : start + _SEAL_CHUNK]
+            self._sync_clock()
             tasks = [self._seal(func, func_bytes, payload, options, None) for payload in chunk]
             jobs += self._publish(tasks, queued_before=len(jobs), total=len(payloads))
         return jobs
@@ -419,9 +443,9 @@ class Queue:
         job_id: str | None,
     ) -> tuple[str, str, dict[str, Any], bytes]:
         """A task ready to publish: (job id, file name, header, signed bytes)."""
-        order = new_order_key()
+        now = self._clock() + self._skew  # on the storage's clock: see _sync_clock
+        order = new_order_key(now)
         job_id = order if job_id is None else validate_job_id(job_id)
-        now = _now()
         fn = _func_name(func)
         header = {"id": job_id, "py": self._pyver, "fn": fn, "at": now, "opt": options, "fl": len(func_bytes)}
         # The header is written by hand, not by json: it is a third of a submit's
@@ -433,6 +457,36 @@ class Queue:
         )
         data = seal_encoded(TASK_MAGIC, self._key, job_id, head.encode(), func_bytes, args_bytes)
         return job_id, task_name(order, job_id), header, data
+
+    def _sync_clock(self) -> None:
+        """Learn how far this process's clock is from the storage's, if it is time to.
+
+        Order keys are times, and tasks are claimed in key order: a submitter
+        whose clock is minutes behind would jump ahead of every other one (and
+        write into shards idle workers remove), one minutes ahead would fall
+        behind. So submission times are put on one clock, the storage's: the
+        time it gives a file written now (on NFS or SFTP the server's). Measured
+        at the first submission and every SKEW_RECHECK seconds, never per task.
+        """
+        mono = time.monotonic()
+        if mono < self._skew_due:
+            return
+        try:
+            before = self._clock()
+            theirs = self.storage.now()
+            after = self._clock()
+        except OSError:
+            # No probe file could be written (read-only, full): the submit
+            # itself says why. Measure again at a later submission.
+            self._skew_due = mono + 10.0
+            return
+        if theirs == int(theirs):  # whole seconds (SFTP, old filesystems): take the middle of that second
+            theirs += 0.5
+        skew = theirs - (before + after) / 2
+        self._skew = skew if abs(skew) >= SKEW_TOLERANCE else 0.0
+        self._skew_due = mono + SKEW_RECHECK
+        if self._skew:
+            log.info("this clock is %+.1f s off the clock of %s; submissions are corrected by that", -skew, self.path)
 
     def _publish(
         self, tasks: list[tuple[str, str, dict[str, Any], bytes]], *, queued_before: int = 0, total: int = 1
@@ -452,14 +506,25 @@ class Queue:
                 " user or is read-only: ask its owner to share it (Queue(path, shared=True)) or use your own"
             ) from None
         except OSError as exc:
+            done += queued_before
+            queued = "Nothing was queued" if not done else f"The first {done} of {total} tasks were queued"
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                done += queued_before
-                queued = "Nothing was queued" if not done else f"The first {done} of {total} tasks were queued"
                 raise QueueError(
                     f"cannot submit to {self.path}: {exc.strerror}. {queued}; free space"
                     " or quota (or remount read-write) and submit again"
                 ) from None
-            raise
+            if exc.errno == errno.EAGAIN:
+                raise QueueError(
+                    f"cannot submit to {self.path}: {exc.strerror}: something removed the shard folder in"
+                    f" {layout.QUEUED}/ each time it was made, for {MOVE_PATIENCE:g} s. {queued}. Upgrade"
+                    f" workers older than fs-task-queue {__version__} (they remove empty shards at sight),"
+                    f" make sure nothing else deletes folders in {layout.QUEUED}/, and submit again"
+                ) from None
+            raise QueueError(
+                f"cannot submit to {self.path}: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}. {queued}; check that the queue"
+                " directory is reachable and intact (its subfolders exist), then submit again"
+            ) from None
         return [Job(self, job_id, name=name, header=header) for job_id, name, header, _ in tasks]
 
     # ------------------------------------------------------------ finding jobs

@@ -9,15 +9,23 @@ on ext4, a shard of 1,500 about 1 ms. A shard is named by the first
 a job stays a constant number of operations) and shards sort in submission order.
 
 Shards come and go. Whoever puts a task into ``queued/`` makes its shard when
-needed, and a claimer removes a shard it found empty. The two can race: a move
-into a shard removed a moment earlier fails with ENOENT, and the mover makes the
-shard again and retries (``make_parent`` of the storage's publish and rename).
-The newest shard is kept while it is recent, so a steady trickle of submissions
-does not make and remove a folder for every task.
+needed, and claimers remove emptied shards. The two can race: a move into a
+shard removed a moment earlier fails with ENOENT, and the mover makes the shard
+again and retries (``make_parent`` of the storage's publish and rename). Shards
+are old whenever a task goes back under its old name (requeue, retry, recovery,
+release) or a submitter's clock is behind, and idle claimers are woken by the
+very ``mkdir`` of such a shard, so a claimer removes a shard it merely *found*
+empty only once it has seen it empty for :data:`KEEP_RECENT` seconds of its
+own monotonic clock: a mover has long renamed its task in by then. A shard a
+claimer emptied itself goes at once, and a mover that still loses retries for
+up to :data:`MOVE_PATIENCE` seconds. The newest shard is also kept while it is
+recent, so a steady trickle of submissions does not make and remove a folder
+for every task.
 """
 
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
 import os
@@ -42,8 +50,11 @@ BATCH_NAMES = 512
 #: A claimer re-lists ``queued/`` at least this often even with names left in its
 #: batch, so re-queued (older) tasks are not stuck behind a long batch.
 BATCH_MAX_AGE = 10.0
-#: The newest shard is not removed while it is younger than this (seconds).
+#: The newest shard is not removed while it is younger than this (seconds), and
+#: a shard found empty is removed only after it stayed empty this long.
 KEEP_RECENT = 2.0
+#: A mover whose shard keeps vanishing retries this long (seconds) before it gives up (EAGAIN).
+MOVE_PATIENCE = 5.0
 #: After losing a race for a name a claimer skips up to this many of the next ones.
 STEP_ASIDE = 32
 
@@ -62,25 +73,32 @@ def publish_queued(storage: Storage, name: str, data: bytes) -> None:
     """Publish a new task file as ``queued/<shard>/<name>``, making the shard if it is missing.
 
     The shard is made after the data is written: a submit that fails (disk full)
-    leaves nothing in ``queued/``, not even an empty shard.
+    leaves nothing in ``queued/``, not even an empty shard. Raises OSError with
+    EAGAIN (nothing published) if the shard vanished at every try for
+    :data:`MOVE_PATIENCE` seconds.
     """
-    try:
-        storage.publish(layout.queued_path(name), data, replace=False, make_parent=True)
-    except (NotADirectoryError, SymlinkInQueueError):
-        _set_aside(storage, name)
-        storage.publish(layout.queued_path(name), data, replace=False, make_parent=True)
+    path = layout.queued_path(name)
+    _into_shard(storage, name, lambda: storage.publish(path, data, replace=False, make_parent=True))
 
 
 def move_to_queued(storage: Storage, src: str, name: str) -> None:
     """Rename the task file ``src`` to ``queued/<shard>/<name>``, making the shard if needed.
 
-    Raises FileNotFoundError when ``src`` is gone (another process moved it first).
+    Raises FileNotFoundError when ``src`` is gone (another process moved it first),
+    and OSError with EAGAIN (``src`` left where it is) if the shard vanished at
+    every try for :data:`MOVE_PATIENCE` seconds.
     """
+    path = layout.queued_path(name)
+    _into_shard(storage, name, lambda: storage.rename(src, path, make_parent=True))
+
+
+def _into_shard(storage: Storage, name: str, move: Callable[[], None]) -> None:
+    """Make ``move`` (of the task ``name`` into its shard), setting a symlinked shard aside first if needed."""
     try:
-        storage.rename(src, layout.queued_path(name), make_parent=True)
+        _patiently(move)
     except (NotADirectoryError, SymlinkInQueueError):
         _set_aside(storage, name)
-        storage.rename(src, layout.queued_path(name), make_parent=True)
+        _patiently(move)
 
 
 def _set_aside(storage: Storage, name: str) -> None:
@@ -96,6 +114,33 @@ def _set_aside(storage: Storage, name: str) -> None:
     except FileNotFoundError:
         return  # moved aside by another process already
     log.warning("moved queued/%s to %s: not a folder (a symlink?), no task is moved through it", shard, target)
+
+
+def _patiently(move: Callable[[], None]) -> None:
+    """Run ``move`` again while it fails with EAGAIN (its shard removed at each of its tries).
+
+    The storage's own tries follow each other within microseconds; a claimer
+    that keeps winning against them (one that removes empty shards at sight,
+    such as an older version) is outwaited here, with pauses growing from 1 ms
+    to 100 ms, for at most :data:`MOVE_PATIENCE` seconds. Nothing here runs for
+    a move that succeeds at once.
+    """
+    deadline = 0.0
+    pause = 0.001
+    while True:
+        try:
+            move()
+            return
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + MOVE_PATIENCE
+            elif now >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _top(storage: Storage) -> tuple[list[str], list[str]]:
@@ -149,6 +194,8 @@ class Backlog:
         self._heap: list[str] = []
         self._left: dict[str, int] = {}  # shard -> its names still in the heap
         self._emptied: list[str] = []  # shards whose last name was handed out
+        # Shards found empty -> when first (monotonic clock); removed once empty for KEEP_RECENT.
+        self._empty_since: dict[str, float] = {}
         self._listed_at = 0.0
         self._relisted = False
 
@@ -221,6 +268,9 @@ class Backlog:
         shards.sort(reverse=True)
         self._shards = shards
         self._newest = shards[0] if shards else ""
+        if self._empty_since:  # forget shards removed by others meanwhile
+            listed = set(shards)
+            self._empty_since = {s: t for s, t in self._empty_since.items() if s in listed}
 
     def _read(self, shard: str) -> None:
         try:
@@ -241,8 +291,16 @@ class Backlog:
             else:
                 self._on_foreign(f"{shard}/{name}")
         if not tasks:
-            self._remove_if_done(shard)
+            # Found empty: it may be a shard a mover has just made and is about
+            # to rename its task into (idle claimers are woken by that mkdir), so
+            # it goes only once it stayed empty for KEEP_RECENT on this clock.
+            now = time.monotonic()
+            since = self._empty_since.setdefault(shard, now)
+            if now - since >= KEEP_RECENT:
+                del self._empty_since[shard]
+                self._remove_if_done(shard)
             return
+        self._empty_since.pop(shard, None)
         self._left[shard] = len(tasks)
         self._heap += tasks
         heapq.heapify(self._heap)

@@ -15,7 +15,7 @@ from fs_task_queue import Queue, layout
 from fs_task_queue import shards as shards_module
 from fs_task_queue.queue import Claimer
 from fs_task_queue.shards import KEEP_RECENT, move_to_queued
-from fs_task_queue.storage.local import LocalStorage
+from fs_task_queue.storage.local import _SUB_CACHE, LocalStorage
 from fs_task_queue.watch import DirWatcher
 
 GROUP = 600  # more than a claimer's batch of 512 names
@@ -139,7 +139,8 @@ def test_a_shard_removed_between_mkdir_and_chmod_is_made_again(queue):
     assert storage.raced and storage.read("queued/20000101-000000-0/moved") == b"task"
 
 
-def test_close_keeps_a_claim_it_cannot_move_back_for_recovery(queue):
+def test_close_keeps_a_claim_it_cannot_move_back_for_recovery(queue, monkeypatch):
+    monkeypatch.setattr(shards_module, "MOVE_PATIENCE", 0.2)  # movers now outwait a thief this long
     job = queue.enqueue(operator.add, 1, 2)
     claimer = Claimer(Queue(storage=ShardThief(queue.path)), "closer")
     assert claimer.claim().id == job.id
@@ -303,3 +304,18 @@ def test_two_claimers_in_lockstep_rarely_collide(tmp_path):
     assert sum(won) == 2000
     # Without stepping aside every other rename fails (about 4000 attempts for 2000 tasks).
     assert attempts < 2000 * 1.2, attempts
+
+
+def test_a_move_out_of_a_long_cached_folder_into_a_new_one(tmp_path):
+    # The storage keeps descriptors of a few second-level folders. A move holds
+    # its source folder's while it opens the target's: with the cache full, the
+    # source's must not be the one closed to make room (the move failed with EBADF).
+    storage = Queue(tmp_path / "q").storage
+    storage.mkdir("claimed/w")
+    storage.publish("claimed/w/t", b"task", replace=False)
+    for i in range(_SUB_CACHE - 1):  # the cache is full, claimed/w its first entry
+        storage.mkdir(f"jobs/j{i}")
+        assert not storage.exists(f"jobs/j{i}/stdout")
+    assert storage.exists("claimed/w/t")  # used again: it must not be the next to go
+    storage.rename("claimed/w/t", "queued/20260101-000000-0/t", make_parent=True)
+    assert storage.read("queued/20260101-000000-0/t") == b"task"

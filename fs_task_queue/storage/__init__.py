@@ -139,6 +139,14 @@ class Storage(Protocol):
         """Set the modification time of an existing file to now (FileNotFoundError if gone; a symlink's own)."""
         ...
 
+    def now(self) -> float:
+        """The storage's own clock: the modification time (epoch seconds) it gives a file written now.
+
+        On NFS or SFTP the server sets it, so submitters on hosts whose clocks
+        disagree can all correct their order keys to this one clock.
+        """
+        ...
+
     def local_path(self, path: str) -> str | None:
         """The OS path of ``path`` when the queue is on a mounted filesystem, else None.
 

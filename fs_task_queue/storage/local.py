@@ -218,6 +218,10 @@ class LocalStorage:
         fds = self._subs.fds
         fd = fds.get(key)
         if fd is not None and not fresh:
+            # Least recently used goes first when the cache is full: a move holds
+            # its source folder's descriptor while it looks up the target's, and
+            # evicting (closing) the source then would fail the move with EBADF.
+            fds[key] = fds.pop(key)
             return fd, True
         top, _, name = key.partition("/")
         new = self._open_dir(self._top_fd(top), name, key)
@@ -586,6 +590,19 @@ class LocalStorage:
 
     def touch(self, path: str) -> None:
         self._at(path, lambda fd, name: os.utime(name, dir_fd=fd, follow_symlinks=False))
+
+    def now(self) -> float:
+        # A file created now gets its times from whoever keeps the files (the
+        # NFS or SFTP server, else this kernel); the create's reply carries them,
+        # so fstat asks nobody again. Not on a per-task path: see Queue._skew.
+        tmp_fd = self._top_fd(self._tmp_dir)
+        tmp = self._new_tmp_name()
+        fd = os.open(tmp, _CREATE_FLAGS, self.file_mode, dir_fd=tmp_fd)
+        try:
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+            os.unlink(tmp, dir_fd=tmp_fd)
 
 
 def _open_read(dir_fd: int, name: str) -> int:
