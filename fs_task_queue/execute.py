@@ -246,6 +246,10 @@ def publish_outcome(job: Job, data: bytes, *, failed: bool, on_published: Callab
             queue.storage.publish(layout.result_path(job.id), data, replace=False)
     except FileExistsError:
         log.info("job %s already has an outcome (canceled or run elsewhere); dropping this one", job.id)
+        if on_published is not None:
+            # Settled all the same: the job has its one outcome. Not calling it
+            # made the worker take the drop for a refused write and stop.
+            on_published()
         release(job)
         return False
     crash_point("after-commit")

@@ -286,3 +286,23 @@ def test_worker_in_a_thread_of_a_threaded_program(queue):
     assert not thread.is_alive()
     assert worker.jobs_done == 5
     assert_unregistered(queue, "threaded")
+
+
+def test_an_outcome_dropped_for_a_cancel_counts_as_published(queue):
+    # A running job canceled meanwhile: its outcome is dropped, and the job is
+    # settled. The worker process acknowledges outcomes through on_published;
+    # without it the task process took the drop for a refused write and the
+    # worker stopped ("the worker process cannot write outcomes").
+    from fs_task_queue.execute import CallResult, outcome_record, read_claimed
+    from fs_task_queue.serialize import dumps
+    from fs_task_queue.serve import commit_outcome
+
+    queue.enqueue(operator.add, 1, 2)
+    job = queue.dequeue(timeout=5)
+    task = read_claimed(job)
+    assert task is not None and job.cancel()
+    record = outcome_record(job, task, CallResult(JobStatus.FINISHED, dumps(3, "the result")))
+    published = []
+    assert commit_outcome(job, record, dumps(3, "the result"), on_published=lambda: published.append(1)) is None
+    assert published == [1]
+    assert job.get_status() is JobStatus.CANCELED
