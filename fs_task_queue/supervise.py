@@ -47,7 +47,7 @@ import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from fs_task_queue import faults, layout
+from fs_task_queue import contain, faults, layout
 from fs_task_queue.board import COMMITTING, RUNNING, Board, Post
 from fs_task_queue.errors import JobError, JobTimeoutError
 from fs_task_queue.execute import CallResult, failed, read_claimed, release, requeue
@@ -113,6 +113,10 @@ class TaskProcess:
         self.poked = False
         self._acked = False
         self._verdicts = bytearray()  # acknowledgements not yet written
+        #: Readable once the task process has ended (-1: no pidfd here; see :meth:`read`).
+        self._pidfd = -1
+        #: The processes the task process left running (or had when killed), ended: "pid (command)".
+        self.ended: list[str] = []
 
     # ----------------------------------------------------------------- start
     def start(self) -> None:
@@ -133,6 +137,12 @@ class TaskProcess:
         os.set_blocking(read_fd, False)
         self._inbox = read_fd
         self._acks = ack_w
+        # The end of the pipe does not tell that the task process ended: a
+        # process its task started may hold the pipe's write end. A pidfd does.
+        try:
+            self._pidfd = os.pidfd_open(self._pid)
+        except (AttributeError, OSError):
+            self._pidfd = -1  # Linux < 5.3: polled in read()
 
     def _fork(self, read_fd: int, write_fd: int, ack_r: int, ack_w: int) -> None:
         parent = os.getpid()
@@ -201,14 +211,23 @@ class TaskProcess:
     def pid(self) -> int:
         return self._pid
 
-    def fileno(self) -> int:
+    def filenos(self) -> tuple[int, ...]:
         """Readable when the task process has news (or has ended)."""
-        return self._inbox
+        return (self._inbox,) if self._pidfd < 0 else (self._inbox, self._pidfd)
 
     def read(self) -> bool:
         """Handle the pending messages without blocking; False once the task process has ended."""
-        if self._take() is not False:
+        taken = self._take()
+        if taken:
             return True
+        # Only a wake-up without news asks whether the task process ended (a
+        # pipe held open by a process its task started never reaches its end):
+        # a stream of outcomes costs no extra system call.
+        if taken is None:
+            if not self._ended():
+                return True
+            while self._take():  # what it wrote before it ended
+                pass
         if self._received.startswith(_EXIT):
             try:
                 self.exit = pickle.loads(self._received[1:])
@@ -216,6 +235,15 @@ class TaskProcess:
                 log.exception("unreadable exit record from task process %d", self._pid)
         self.reap()
         return False
+
+    def _ended(self) -> bool:
+        if self._pidfd >= 0:
+            return bool(select.select([self._pidfd], [], [], 0)[0])
+        try:  # no pidfd: ask without reaping (the session id stays reserved until reaped)
+            info = os.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None and info.si_pid != 0
 
     def drain(self) -> None:
         """Publish the outcomes a killed task process had handed over (after :meth:`kill`)."""
@@ -259,6 +287,8 @@ class TaskProcess:
         self._acked = False
         try:
             reason = commit_outcome(job, record, payload, on_published=self._ack)
+            if reason is None and not self._acked:
+                self._ack()  # dropped: the job had an outcome already (canceled); not a refusal
         except OSError as exc:
             log.error("cannot publish the outcome of job %s (%s): putting it back in the queue", job.id, exc)
             try:
@@ -298,12 +328,38 @@ class TaskProcess:
                 pass
 
     def kill(self) -> None:
-        """Kill the task process now and wait for it."""
-        try:
-            os.kill(self._pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Kill the task process and every process its tasks started, now, and wait for it."""
+        if self.exit_code is None:
+            try:
+                os.kill(self._pid, signal.SIGSTOP)  # it forks no more while its subtree is collected
+            except ProcessLookupError:
+                pass
+            # A subreaper while it lives: all its tasks' processes are in its subtree.
+            self.ended += contain.end_processes(lambda: contain.subtree(self._pid), kill_too=(self._pid,))
         self.reap()
+
+    def end_leftovers(self, orphans: contain.Orphans | None = None) -> list[str]:
+        """Once the task process has ended: kill what its tasks left running; "pid (command)" of each.
+
+        Before it is reaped its session id cannot be reused, so its session
+        members are exactly what it left in its session; ``orphans`` finds
+        those that had left the session (a daemon) and came to this process.
+        """
+        if self.exit_code is None:
+            try:
+                os.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
+            except ChildProcessError:
+                pass
+        pid = self._pid
+
+        def find() -> set[int]:
+            found = contain.session_members(pid)
+            if orphans is not None:
+                found |= orphans.find(exclude=(pid,))
+            return found
+
+        self.ended += contain.end_processes(find, spare=(pid,))
+        return self.ended
 
     def reap(self) -> int | None:
         """Wait for the ended task process; its exit code (negative: the signal)."""
@@ -319,10 +375,10 @@ class TaskProcess:
         return self.exit_code
 
     def close(self) -> None:
-        for fd in (self._inbox, self._acks):
+        for fd in (self._inbox, self._acks, self._pidfd):
             if fd >= 0:
                 os.close(fd)
-        self._inbox = self._acks = -1
+        self._inbox = self._acks = self._pidfd = -1
         self.board.close()
 
     # ---------------------------------------------------------------- settle
@@ -404,6 +460,13 @@ def _become_task_process(worker_pid: int, memory_limit: int | None) -> None:
     # step by SLURM, or Ctrl-C in a terminal, must not kill the task directly.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    # Its own session, and a subreaper: every process a task starts stays
+    # findable, by session or in its subtree, to be ended with it (see contain).
+    try:
+        os.setsid()
+    except OSError:
+        pass  # already a session leader
+    contain.become_subreaper()
     # If the worker is SIGKILLed the task process must not live on running a
     # task that recovery will hand to another worker.
     try:
@@ -550,6 +613,12 @@ def _serve(
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     ended = loop.run()
+    # Before the end of the pipe: a process left running may hold it open.
+    left = contain.end_processes(lambda: contain.subtree(os.getpid()))
+    if left:
+        log.warning(
+            "task process %d ended %d process(es) its tasks left running: %s", os.getpid(), len(left), ", ".join(left)
+        )
     outbox.close(ended)
     sys.stdout.flush()
     sys.stderr.flush()

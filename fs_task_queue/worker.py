@@ -24,7 +24,7 @@ import time
 from types import FrameType
 from typing import Any, Literal
 
-from fs_task_queue import layout
+from fs_task_queue import contain, layout
 from fs_task_queue._version import __version__
 from fs_task_queue.board import RUNNING, Post
 from fs_task_queue.errors import WorkerError
@@ -46,6 +46,11 @@ log = logging.getLogger("fs_task_queue.worker")
 CHECK_INTERVAL = 0.5
 #: The least time between two such looks while outcomes keep it awake, seconds.
 LOOK_INTERVAL = 0.02
+
+
+def _log_ended(whose: str, ended: list[str]) -> None:
+    if ended:
+        log.warning("ended %d process(es) the tasks of %s left running: %s", len(ended), whose, ", ".join(ended))
 
 
 def _has_result(queue: Queue, name: str) -> bool:
@@ -276,6 +281,9 @@ class Worker:
 
     def _run_in_process(self, claimer: Claimer, recoverer: Recoverer, watcher: DirWatcher) -> None:
         loop = self._loop = TaskLoop(claimer, self._settings())
+        # Tasks run in this process: what they leave running is its children
+        # (or, once orphaned, comes to it), ended when the loop ends, not per task.
+        orphans = contain.Orphans()
         chores = threading.Thread(target=self._chore_loop, args=(recoverer, watcher), name=f"fsq-chores-{self.id}")
         chores.daemon = True
         chores.start()
@@ -289,6 +297,8 @@ class Worker:
             self._stop.set()
             watcher.interrupt()
             chores.join()
+            _log_ended("this worker process", contain.end_processes(orphans.find))
+            orphans.close()
 
     def _supervise(self, recoverer: Recoverer, watcher: DirWatcher) -> None:
         """Keep a task process serving; enforce timeouts, cancellation, the grace; settle what it leaves."""
@@ -296,6 +306,17 @@ class Worker:
         queue_args = {"path": self.queue.path, "durable": getattr(storage, "durable", False)}
         if self.queue._format.get("shared"):
             queue_args["shared"] = True
+        orphans = contain.Orphans()  # what tasks leave behind comes here, not to init
+        try:
+            self._serve_task_processes(recoverer, watcher, queue_args, orphans)
+        finally:
+            # Orphans of earlier task processes that ended by themselves since.
+            _log_ended("worker", contain.end_processes(orphans.find))
+            orphans.close()
+
+    def _serve_task_processes(
+        self, recoverer: Recoverer, watcher: DirWatcher, queue_args: dict[str, Any], orphans: contain.Orphans
+    ) -> None:
         deaths_without_work = 0
         while not self._stop.is_set():
             proc = TaskProcess(
@@ -309,11 +330,15 @@ class Worker:
                 proc.kill()  # never leave a task process running unsupervised
                 raise
             finally:
-                proc.reap()
                 try:
-                    proc.drain()
+                    # Before the reap, which frees its session id for reuse.
+                    _log_ended(f"task process {proc.pid}", proc.end_leftovers(orphans))
                 finally:
-                    proc.close()
+                    proc.reap()
+                    try:
+                        proc.drain()
+                    finally:
+                        proc.close()
             handled, stop = proc.settle(post, reason, target)
             self.jobs_done += post.done + handled
             for why in (proc.refused, stop):
@@ -335,7 +360,7 @@ class Worker:
     def _watch(self, proc: TaskProcess, recoverer: Recoverer, watcher: DirWatcher) -> tuple[Post, str | None, int]:
         """Wait until the task process ends or must be killed: (last post, kill reason, kill target)."""
         last_cancel_check = 0.0
-        inbox = (proc.fileno(),)
+        inbox = proc.filenos()
         wake_at = looked = 0.0
         while True:
             now = time.monotonic()
