@@ -287,8 +287,6 @@ class TaskProcess:
         self._acked = False
         try:
             reason = commit_outcome(job, record, payload, on_published=self._ack)
-            if reason is None and not self._acked:
-                self._ack()  # dropped: the job had an outcome already (canceled); not a refusal
         except OSError as exc:
             log.error("cannot publish the outcome of job %s (%s): putting it back in the queue", job.id, exc)
             try:
