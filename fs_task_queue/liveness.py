@@ -75,6 +75,26 @@ def _lock(path: str) -> filelock.UnixFileLock:
 _TAKEN_AFTER = 0.5
 
 
+#: Descriptors of the liveness locks this process holds. A forked child (a task
+#: process, a task's own children and daemons) inherits them, and an flock
+#: lives while any descriptor of it is open: a daemon left by a task would keep
+#: a SIGKILLed worker "alive" to same-host recoverers for as long as it runs.
+#: The child closes its copies at once (the parent's keep the lock).
+_held_fds: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _held_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class AliveLock:
     """The liveness lock a claimer holds on ``claimed/<worker-id>/.alive``."""
 
@@ -94,9 +114,13 @@ class AliveLock:
                 self._lock.acquire(timeout=_TAKEN_AFTER, poll_interval=0.01)
             except filelock.Timeout:
                 raise FileExistsError(f"{self.path} is held by a live process") from None
+            fd = self._lock._context.lock_file_fd
+            if fd is not None:
+                _held_fds.add(fd)
 
     def release(self, remove: bool = False) -> None:
         if self._lock is not None:
+            _held_fds.discard(self._lock._context.lock_file_fd or -1)
             self._lock.release(force=True)
             if remove and self.path is not None:
                 try:

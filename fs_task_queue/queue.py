@@ -745,7 +745,7 @@ class Queue:
             # A process that claimed and then exits must unregister, or its
             # heartbeat file stays: `info` would show a phantom worker and every
             # worker would "recover" it. (A killed process is recovered as dead.)
-            atexit.register(_close_at_exit, weakref.ref(self._claimer))
+            atexit.register(_close_at_exit, weakref.ref(self._claimer), os.getpid())
         claimer = self._claimer
         deadline = None if timeout is None else time.monotonic() + timeout
         watcher = self._watcher(layout.QUEUED)
@@ -969,9 +969,10 @@ class Claimer:
             yield job
 
 
-def _close_at_exit(ref: weakref.ref[Claimer]) -> None:
+def _close_at_exit(ref: weakref.ref[Claimer], pid: int) -> None:
     claimer = ref()
-    if claimer is not None:
+    # Not in a forked child that exits normally: the claims are its parent's.
+    if claimer is not None and os.getpid() == pid:
         claimer.close()
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from fs_task_queue import JobError, JobStatus, JobTimeoutError
 
-from .faultlib import mark, registered, wait_for
+from .faultlib import mark, registered, run_cli, wait_for
 
 FAST = ["--recover-interval", "0.5", "--max-poll-interval", "0.2"]
 
@@ -233,3 +233,26 @@ def test_isolation_none_worker_exits_and_ends_what_tasks_left(lab, piddir):
     assert job.wait(0) == "done"
     check_contained(lab, worker, piddir, 3)
     lab.tally("--isolation none, children left", {"next": nxt}, note="killed at worker exit")
+
+
+def hangs_leaving_daemon(piddir: str) -> None:
+    _daemon(piddir)
+    time.sleep(600)
+
+
+@pytest.mark.timeout(120)
+def test_a_daemon_left_by_a_task_does_not_keep_a_killed_worker_alive(lab, piddir):
+    # The daemon inherits the worker's liveness lock descriptor through the fork
+    # of the task process; an flock lives while any copy is open, so same-host
+    # recovery took the SIGKILLed worker for alive as long as the daemon ran.
+    job = lab.queue.enqueue(hangs_leaving_daemon, str(piddir))
+    worker = lab.worker("w", *FAST)
+    (daemon,) = started(piddir, 1)
+    wait_for(lambda: job.get_status() is JobStatus.STARTED, what="the job to start")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert alive(daemon), "the daemon should outlive a SIGKILLed worker (nothing is left to end it)"
+    out = run_cli("recover", str(lab.path), "--dead-after", "1h")  # same host: judged by the lock alone
+    assert out.returncode == 0 and job.id in out.stdout, (out.stdout, out.stderr)
+    assert job.get_status() is JobStatus.QUEUED
+    lab.tally("SIGKILLed worker, its task's daemon lives on", {}, note="lock not inherited: recovered at once")
