@@ -25,10 +25,13 @@ import errno
 import os
 import stat as stat_mod
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fs_task_queue.errors import SymlinkInQueueError
 from fs_task_queue.storage import FileInfo
+
+_T = TypeVar("_T")
 
 __all__ = ["LocalStorage"]
 
@@ -531,9 +534,21 @@ class LocalStorage:
         raise ValueError(f"{path!r} is not a folder of the queue")
 
     def listdir(self, path: str) -> list[str]:
+        return self._listing(path, os.listdir)
+
+    def scan(self, path: str) -> list[tuple[str, bool]]:
+        def entries(fd: int) -> list[tuple[str, bool]]:
+            # The kernel's d_type says what each entry is: no stat per name.
+            with os.scandir(fd) as found:
+                return [(e.name, e.is_dir(follow_symlinks=False)) for e in found]
+
+        return self._listing(path, entries)
+
+    def _listing(self, path: str, read: Callable[[int], _T]) -> _T:
+        """``read`` the folder ``path`` through a descriptor opened afresh (no symlink followed)."""
         fd, key = self._open_listing(path)
         try:
-            names = os.listdir(fd)
+            result = read(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -541,22 +556,7 @@ class LocalStorage:
             os.close(fd)
         else:
             self._keep(key, fd)  # the freshest handle of this folder: the claims of these names use it
-        return names
-
-    def scan(self, path: str) -> list[tuple[str, bool]]:
-        fd, key = self._open_listing(path)
-        try:
-            # The kernel's d_type says what each entry is: no stat per name.
-            with os.scandir(fd) as entries:
-                found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-        except BaseException:
-            os.close(fd)
-            raise
-        if key is None:
-            os.close(fd)
-        else:
-            self._keep(key, fd)
-        return found
+        return result
 
     def remove_dir(self, path: str) -> None:
         parent, name, _ = self._split(path)

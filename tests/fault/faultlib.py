@@ -64,6 +64,15 @@ def mark(fx: str, key: Any, first_sleep: float = 0.0, sleep: float = 0.0, end: b
 
 
 # ------------------------------------------------------------------- counting
+def fails_first_time(fx: str, key: Any) -> str:
+    """Fails on its first run, succeeds on the next (runs counted by files)."""
+    ran = any(n.startswith(f"{key}.") for n in os.listdir(fx))
+    token = mark(fx, key)
+    if not ran:
+        raise RuntimeError(f"{key} fails the first time")
+    return token
+
+
 def executions(fx: str | os.PathLike[str]) -> Counter[str]:
     """How many times the task of each key started (``<key>.<uuid>`` files)."""
     return Counter(n.rsplit(".", 1)[0] for n in os.listdir(fx) if not n.endswith(".end"))

@@ -9,7 +9,7 @@ import pytest
 
 from fs_task_queue import JobStatus, NoSuchJobError
 
-from .faultlib import all_claimed, claimed, executions, mark, names, registered, run_cli, wait_for
+from .faultlib import all_claimed, claimed, executions, fails_first_time, mark, names, registered, run_cli, wait_for
 
 
 @pytest.mark.timeout(60)
@@ -49,15 +49,6 @@ def test_recover_requeues_the_task_of_a_killed_worker(lab):
     assert job.info().attempt == 2
     t = lab.tally("kill -9, then `fs-task-queue recover`", {"r": job}, note="requeued by the command")
     assert not t.lost and not t.committed_twice and t.executed_twice == ["r"]
-
-
-def fails_first_time(fx: str, key: str) -> str:
-    """Fails on its first run, succeeds on the next (runs counted by files)."""
-    ran = any(n.startswith(f"{key}.") for n in os.listdir(fx))
-    token = mark(fx, key)
-    if not ran:
-        raise RuntimeError(f"{key} fails the first time")
-    return token
 
 
 @pytest.mark.timeout(90)

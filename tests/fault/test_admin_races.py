@@ -18,6 +18,7 @@ from .faultlib import (
     claimed,
     ends,
     executions,
+    fails_first_time,
     mark,
     names,
     queued_names,
@@ -25,15 +26,6 @@ from .faultlib import (
     run_cli,
     wait_for,
 )
-
-
-def fails_first_time(fx: str, key: str) -> str:
-    """Fails on its first run, succeeds on the next (runs counted by files)."""
-    ran = any(n.startswith(f"{key}.") for n in os.listdir(fx))
-    token = mark(fx, key)
-    if not ran:
-        raise RuntimeError(f"{key} fails the first time")
-    return token
 
 
 def _fail_all(lab, count: int) -> dict[str, object]:
