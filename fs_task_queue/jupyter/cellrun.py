@@ -124,7 +124,9 @@ def run_cell(spec: CellSpec, /, **items: Any) -> CellResult:
                     from fs_task_queue.jupyter.mplbackend import flush_figures
 
                     flush_figures()
-                if value is not _NOTHING and value is not None and not _quiet(spec.source):
+                if value is not _NOTHING and _quiet(spec.source):
+                    value = _NOTHING  # `x;` shows nothing and gives no Out[n], as in IPython
+                if value is not _NOTHING and value is not None:
                     capture.result(value)
             finally:
                 capture.save()  # even on error: what it printed before failing is kept

@@ -59,7 +59,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _line_parser() -> _Parser:
-    parser = _Parser(prog="%fsq", add_help=True, description="Use an fs-task-queue queue from this notebook.")
+    parser = _Parser(prog="fsq", add_help=True, description="Use an fs-task-queue queue from this notebook.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     p = sub.add_parser("use", help="set the notebook's default queue", add_help=True)
     p.add_argument("queue", metavar="PATH|VAR", help="a queue directory ('~' expanded) or a Queue variable")

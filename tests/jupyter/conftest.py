@@ -5,34 +5,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import cloudpickle
 import pytest
 from helpers import Workers, wait_for
 
 from fs_task_queue import Queue
 
 IPython = pytest.importorskip("IPython", reason="the jupyter extra is not installed: pip install -e '.[test]'")
+from fsq_shell import close_shell, new_shell  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
-from traitlets.config import Config  # noqa: E402
+
+HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and Path(module.__file__ or "").parent == HERE:
+            # Worker processes cannot import the test modules: ship their functions by value.
+            cloudpickle.register_pickle_by_value(module)
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(90))
-
-
-def new_shell() -> InteractiveShell:
-    """A fresh InteractiveShell with the extension loaded (history in memory: no sqlite in $HOME)."""
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    ip = InteractiveShell.instance(config=config)
-    ip.run_line_magic("load_ext", "fs_task_queue.jupyter")
-    return ip
-
-
-def close_shell(ip: InteractiveShell) -> None:
-    ip.run_line_magic("unload_ext", "fs_task_queue.jupyter")
-    InteractiveShell.clear_instance()
 
 
 @pytest.fixture
