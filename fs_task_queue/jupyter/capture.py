@@ -111,10 +111,13 @@ class _Tee(io.TextIOBase):
 class Capture:
     """Collects a cell's outputs while active (``with capture:``); :meth:`save` stores them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, ipython: bool = False) -> None:
         self.outputs: list[dict[str, Any]] = []
         self._sizes = {"stdout": 0, "stderr": 0}
         self._saved: tuple[Any, ...] | None = None
+        #: Whether ``IPython.display.display`` is routed here too (the cell uses IPython).
+        self._ipython = ipython
+        self._patched: list[tuple[Any, Any]] = []
 
     def __enter__(self) -> Capture:
         global _active
@@ -122,12 +125,30 @@ class Capture:
         _active = self
         sys.stdout = _Tee(self, sys.stdout, "stdout")
         sys.stderr = _Tee(self, sys.stderr, "stderr")
+        if self._ipython:
+            self._route_ipython_display()
         return self
 
     def __exit__(self, *exc: object) -> None:
         global _active
         assert self._saved is not None
         _active, sys.stdout, sys.stderr = self._saved
+        for module, original in self._patched:
+            module.display = original
+        self._patched.clear()
+
+    def _route_ipython_display(self) -> None:
+        # Without a shell, IPython's display() only prints a repr: `display(HTML(...))`
+        # would come back as "<IPython.core.display.HTML object>". Its module-level
+        # function is swapped for ours while the cell runs (the cell imports it then).
+        try:
+            import IPython.core.display_functions as functions
+            import IPython.display as public
+        except ImportError:
+            return  # the cell's own import will say IPython is missing
+        for module in (functions, public):
+            self._patched.append((module, module.display))
+            module.display = self.display
 
     def stream(self, name: str, text: str) -> None:
         size = self._sizes[name]

@@ -70,6 +70,12 @@ def test_html_display_comes_back(nb: InteractiveShell) -> None:
     assert any("<td>42</td>" in o.data.get("text/html", "") for o in out.outputs)
 
 
+def test_ipython_display_of_html_comes_back(nb: InteractiveShell) -> None:
+    with capture_output() as out:
+        run(nb, "%%fsq\nfrom IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))\n")
+    assert any(o.data.get("text/html") == "<b>bold</b>" for o in out.outputs)
+
+
 def test_traceback_shows_cell_and_notebook_function_lines(nb: InteractiveShell) -> None:
     run(nb, "def risky(x):\n    ratio = 1 / x  # the notebook's line\n    return ratio\n")
     with pytest.raises(RemoteError) as info:
