@@ -223,3 +223,13 @@ def test_local_workers_started_and_stopped(shell: InteractiveShell, tmp_path: Pa
     run(shell, "%fsq workers 0")
     assert all(p.poll() is not None for p in procs)
     wait_for(lambda: queue.workers() == [], what="the local workers to unregister")
+
+
+def test_autopull_brings_variables_before_the_next_cell(nb: InteractiveShell) -> None:
+    run(nb, "%%fsq --no-wait --autopull --name h\nlate = 'arrived'\n")
+    nb.user_ns["h"].wait(60)
+    assert "late" not in nb.user_ns
+    with capture_output() as out:
+        run(nb, "1 + 1")
+    assert nb.user_ns["late"] == "arrived"
+    assert "late arrived from job" in out.stdout
