@@ -9,15 +9,20 @@ import argparse
 import atexit
 import logging
 import os
+import select
 import sys
 import threading
+import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fs_task_queue._version import __version__
 from fs_task_queue.errors import FSQError
 from fs_task_queue.queue import Queue
 from fs_task_queue.status import JobStatus
+
+if TYPE_CHECKING:
+    from fs_task_queue.worker import Worker
 
 __all__ = ["main", "worker_main"]
 
@@ -110,6 +115,11 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
         help="how often to look for dead workers (default: 15)",
     )  # fmt: skip
     parser.add_argument(
+        "--parent-pid", type=int, metavar="PID",
+        help="stop (as on SIGTERM) when process PID exits, however it ends: workers started by a notebook"
+        " kernel go with it, even when it is killed",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: INFO)"
     )
 
@@ -138,8 +148,38 @@ def _run_worker(args: argparse.Namespace) -> int:
         max_lost=args.max_lost,
         recover_interval=args.recover_interval,
     )
+    if args.parent_pid is not None:
+        _stop_with_parent(worker, args.parent_pid)
     worker.run()
     return 0
+
+
+def _stop_with_parent(worker: Worker, pid: int) -> None:
+    """Stop ``worker`` when process ``pid`` ends (a kernel SIGKILLed runs no exit handler of its own)."""
+    try:
+        # A pidfd names this very process, never a later one that reuses its pid.
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ValueError(f"--parent-pid {pid}: no such process (it has ended already)") from None
+    except (AttributeError, OSError):  # no pidfd (old kernel): poll the pid
+        fd = -1
+
+    def watch() -> None:
+        if fd >= 0:
+            select.select([fd], [], [])  # readable when the process ends
+            os.close(fd)
+        else:
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass  # alive, someone else's
+                time.sleep(0.5)
+        worker.stop(f"parent process {pid} exited")
+
+    threading.Thread(target=watch, name="fsq-parent-watch", daemon=True).start()
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

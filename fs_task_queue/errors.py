@@ -10,6 +10,7 @@ can catch either::
     │       └── SymlinkInQueueError    (OSError)  a queue folder is a symlink
     ├── NoSuchJobError             (KeyError)     unknown job id
     ├── SerializationError         (TypeError)    function/argument/result cannot be pickled
+    │   └── ShipError                              notebook variables a %%fsq cell needs cannot be shipped
     ├── CorruptFileError           (ValueError)   a queue file is truncated, foreign or tampered
     ├── PythonVersionMismatchError (RuntimeError) submitter and worker Python differ
     ├── WaitTimeoutError           (TimeoutError) ``job.wait(timeout=...)`` ran out
@@ -18,6 +19,9 @@ can catch either::
         ├── JobCanceledError                      the job was canceled
         ├── JobTimeoutError        (TimeoutError) the task ran past its timeout
         └── WorkerLostError                       workers running it kept dying
+
+Not an error, hence outside the tree: :class:`WaitInterrupted` (a ``KeyboardInterrupt``)
+stops a notebook's wait for a job, never the job, and says how to get it later.
 
 All of them pickle and unpickle to an equal error (they keep their constructor
 arguments in ``args``), so they cross process boundaries intact.
@@ -40,7 +44,9 @@ __all__ = [
     "QueueError",
     "RemoteError",
     "SerializationError",
+    "ShipError",
     "SymlinkInQueueError",
+    "WaitInterrupted",
     "WaitTimeoutError",
     "WorkerError",
     "WorkerLostError",
@@ -93,6 +99,28 @@ class NoSuchJobError(FSQError, KeyError):
 
 class SerializationError(FSQError, TypeError):
     """A function, argument or result cannot be pickled (or unpickled)."""
+
+
+class ShipError(SerializationError):
+    """Values a ``%%fsq`` cell reads from the notebook cannot be pickled (all are named); nothing was submitted."""
+
+
+class WaitInterrupted(KeyboardInterrupt):
+    """The user interrupted a notebook's wait for a job (or group); the job goes on.
+
+    ``lines`` say where it runs and how to pull or cancel it; IPython shows
+    them instead of a traceback. A KeyboardInterrupt, so "Run All" stops.
+    """
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__(*lines)
+        self.lines = lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+    def _render_traceback_(self) -> list[str]:
+        return list(self.lines)
 
 
 class CorruptFileError(FSQError, ValueError):

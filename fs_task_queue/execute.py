@@ -101,6 +101,9 @@ def error_record(exc: BaseException, kind: str = "remote", skip_frames: int = 0)
     for _ in range(skip_frames):  # hide the worker's own frames from the user
         if tb is not None:
             tb = tb.tb_next
+    # Runners of user code (a notebook cell's) mark their frames as pytest and IPython do.
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_locals.get("__tracebackhide__"):
+        tb = tb.tb_next
     text = "".join(traceback.format_exception(cls, exc, tb))
     return {"kind": kind, "type": name, "message": str(exc), "traceback": text}
 

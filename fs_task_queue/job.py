@@ -370,6 +370,15 @@ class Job:
         except (FileNotFoundError, NotADirectoryError):
             return b""
 
+    def read_file(self, name: str) -> bytes | None:
+        """The file ``name`` the task wrote with :func:`~fs_task_queue.runtime.write_job_file`, or None."""
+        from fs_task_queue.runtime import check_job_file_name
+
+        try:
+            return self.queue.storage.read(layout.job_file(self.id, check_job_file_name(name)))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     @property
     def progress(self) -> Progress | None:
         """The last progress the task reported, or None."""

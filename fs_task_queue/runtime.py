@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from fs_task_queue.job import Job
     from fs_task_queue.queue import Queue
 
-__all__ = ["TaskContext", "current_job", "progress"]
+__all__ = ["TaskContext", "check_job_file_name", "current_job", "progress", "write_job_file"]
 
 log = logging.getLogger("fs_task_queue.worker")
 
@@ -200,6 +201,38 @@ class TaskContext:
 def current_job() -> Job | None:
     """The job this code runs in, or None outside a task."""
     return _current.job if _current is not None else None
+
+
+_JOB_FILE_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}")
+_RESERVED = frozenset({"stdout", "stderr", "progress"})
+
+
+def check_job_file_name(name: str) -> str:
+    """``name`` if a task may write it into its job folder, else ValueError saying why."""
+    if not isinstance(name, str) or not _JOB_FILE_NAME.fullmatch(name) or name in _RESERVED:
+        raise ValueError(
+            f"invalid job file name {name!r}: use 1-64 of a-z, 0-9, '_', '.', '-' (not starting with '.' or"
+            " '-'), other than stdout, stderr and progress (written by the worker)"
+        )
+    return name
+
+
+def write_job_file(name: str, data: bytes) -> bool:
+    """Write ``jobs/<id>/<name>`` of the running task atomically; False (nothing written) outside a task.
+
+    For what a task produces besides its result and wants kept with the job
+    (``Job.read_file(name)`` reads it back), e.g. a notebook cell's outputs.
+    """
+    check_job_file_name(name)
+    ctx = _current
+    if ctx is None or ctx.refused:
+        return False
+    try:
+        ctx.queue.storage.publish(layout.job_file(ctx.job_id, name), bytes(data), replace=True, make_parent=True)
+    except SymlinkInQueueError as exc:
+        ctx.refuse(exc)
+        return False
+    return True
 
 
 def progress(done: float, total: float | None = None, message: str | None = None) -> None:

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
+import linecache
+import marshal
 import pickle
 import sys
+import sysconfig
+import types
+from collections import ChainMap, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +34,7 @@ __all__ = [
     "loads",
     "open_envelope",
     "python_version",
+    "register_sources",
     "seal",
     "seal_encoded",
     "settings_signature_ok",
@@ -202,10 +209,8 @@ def dumps(obj: Any, what: str) -> bytes:
     fast = _by_reference(obj)
     if fast is not None:
         return fast
-    import cloudpickle  # imported when first needed: most workers never do
-
     try:
-        data: bytes = cloudpickle.dumps(obj, protocol=5)
+        data = _dumps_with_sources(obj)
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle {what} of type {_type_name(obj)}: {type(exc).__name__}: {exc}."
@@ -213,6 +218,95 @@ def dumps(obj: Any, what: str) -> bytes:
             " connections are not; pass the path or settings to open them inside the task)"
         ) from exc
     return data
+
+
+#: At most this much source text (characters) is shipped with one pickle.
+SOURCE_LIMIT = 256 * 1024
+#: Shipped sources kept in this process's linecache (least recently shipped dropped first).
+SOURCES_KEPT = 256
+_registered: OrderedDict[str, None] = OrderedDict()
+_pickler_class: Any = None
+_INSTALLED = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def _source_pickler() -> Any:
+    """A cloudpickle Pickler that keeps the file names of code pickled by value and records them.
+
+    cloudpickle (3.1.3 on) renames every such code object's file to
+    ``<dynamic-code>``, so a worker's traceback of a notebook function showed no
+    file and no line. Code is marshalled as is instead (tasks never cross Python
+    minor versions: the worker refuses them), and the names are recorded so
+    their source can travel with the pickle.
+    """
+    global _pickler_class
+    if _pickler_class is None:
+        import cloudpickle  # imported when first needed: most workers never do
+
+        class SourcePickler(cloudpickle.Pickler):  # type: ignore[misc]
+            def __init__(self, file: Any, protocol: int) -> None:
+                self.filenames: set[str] = set()
+                # The C pickler reads dispatch_table in __init__: set it first, or it is ignored.
+                self.dispatch_table = ChainMap({types.CodeType: self._reduce_code}, cloudpickle.Pickler.dispatch_table)
+                super().__init__(file, protocol=protocol)
+
+            def _reduce_code(self, code: types.CodeType) -> tuple[Any, ...]:
+                self.filenames.add(code.co_filename)
+                return marshal.loads, (marshal.dumps(code),)
+
+        _pickler_class = SourcePickler
+    return _pickler_class
+
+
+def _source_of(filename: str) -> list[str] | None:
+    """The lines of ``filename`` worth shipping: a notebook cell, exec'd code or a script, not a library."""
+    entry = linecache.cache.get(filename)
+    if entry is not None and len(entry) == 4 and entry[1] is None:
+        return list(entry[2])  # registered in memory (IPython cells, shipped sources): nowhere else to read it
+    if filename.startswith("<") or filename.startswith(_INSTALLED):
+        return None
+    return linecache.getlines(filename) or None
+
+
+class _WithSources:
+    """Unpickles to the object pickled in ``data``, after putting ``sources`` in linecache."""
+
+    def __init__(self, sources: dict[str, list[str]], data: bytes) -> None:
+        self.sources, self.data = sources, data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _load_with_sources, (self.sources, self.data)
+
+
+def _load_with_sources(sources: dict[str, list[str]], data: bytes) -> Any:
+    register_sources(sources)
+    return pickle.loads(data)
+
+
+def register_sources(sources: dict[str, list[str]]) -> None:
+    """Put shipped source lines in ``linecache`` so tracebacks show them (mtime None: never re-read)."""
+    for filename, lines in sources.items():
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+        _registered[filename] = None
+        _registered.move_to_end(filename)
+    while len(_registered) > SOURCES_KEPT:
+        linecache.cache.pop(_registered.popitem(last=False)[0], None)
+
+
+def _dumps_with_sources(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    pickler = _source_pickler()(buf, protocol=5)
+    pickler.dump(obj)
+    data = buf.getvalue()
+    sources: dict[str, list[str]] = {}
+    size = 0
+    for filename in sorted(pickler.filenames):
+        lines = _source_of(filename)
+        if lines and size + sum(map(len, lines)) <= SOURCE_LIMIT:
+            sources[filename] = lines
+            size += sum(map(len, lines))
+    if not sources:
+        return data
+    return pickle.dumps(_WithSources(sources, data), protocol=5)
 
 
 def dumps_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, bytes]:

@@ -1,0 +1,56 @@
+"""Fixtures of the notebook-layer tests: a real in-process IPython shell and a queue served by real workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from helpers import Workers, wait_for
+
+from fs_task_queue import Queue
+
+IPython = pytest.importorskip("IPython", reason="the jupyter extra is not installed: pip install -e '.[test]'")
+from fsq_shell import close_shell, new_shell  # noqa: E402
+from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and Path(module.__file__ or "").parent == HERE:
+            # Worker processes cannot import the test modules: ship their functions by value.
+            cloudpickle.register_pickle_by_value(module)
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(90))
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("FSQ_NOTEBOOK", "test-nb")
+    ip = new_shell()
+    try:
+        yield ip
+    finally:
+        close_shell(ip)
+
+
+@pytest.fixture
+def served(qpath: Path, workers: Workers) -> Queue:
+    """A queue with one idle worker registered."""
+    queue = Queue(qpath)
+    proc = workers.start(qpath, "--name", "w1", "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
+    wait_for(lambda: proc.poll() is not None or any(w.id == "w1" for w in queue.workers()), what="the worker")
+    assert proc.poll() is None, workers.log(proc)
+    return queue
+
+
+@pytest.fixture
+def nb(shell: InteractiveShell, served: Queue) -> InteractiveShell:
+    """The shell with ``%fsq use`` on the served queue."""
+    shell.run_line_magic("fsq", f"use {served.path}")
+    return shell
