@@ -121,7 +121,7 @@ def test_rename_race_one_mover_wins(kind: str, request: pytest.FixtureRequest, r
         won: list[int] = []
         lost: list[int] = []
 
-        def claim(i: int) -> None:
+        def claim(i: int, won: list[int] = won, lost: list[int] = lost) -> None:
             try:
                 stores[i].rename("queued/task", f"claimed/w{i}/task")
                 won.append(i)
