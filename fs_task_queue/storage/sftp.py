@@ -1043,7 +1043,12 @@ class SFTPStorage:
                 out[i] = self._write_error(failed, tmps[i])
             else:
                 written.append(i)
-        # Stage 3: move each into place.
+        # Stage 3: move each into place, into parents made first where the look
+        # before stage 1 found none (a new shard): a failed rename would cost two
+        # more round trips. One removed meanwhile is made by _move_all's retry.
+        if make_parent:
+            parents = {items[i][0].rpartition("/")[0] for i in written} - self._checked - {""}
+            self._mkdirs(pipe, sorted(parents))
         moved = self._move_all(pipe, [(tmps[i], items[i][0]) for i in written], replace, make_parent)
         for i, error in zip(written, moved, strict=True):
             out[i] = error

@@ -161,7 +161,7 @@ def test_host_key_unknown_and_changed(sshd: Sshd, qdir: Path, local: Queue, tmp_
         pub = other.with_suffix(".pub").read_text().split()
         wrong.write_text(f"[127.0.0.1]:{sshd.port} {pub[0]} {pub[1]}\n")
         (home / ".ssh/known_hosts").unlink()
-        with pytest.raises(HostKeyError, match="CHANGED.*ssh-keygen -R"):
+        with pytest.raises(HostKeyError, match=r"CHANGED.*ssh-keygen -R"):
             SSHQueue(sshd.url(qdir), **_opts(sshd, known_hosts=str(wrong), accept_new_host_key=True))
     finally:
         if env_home is None:
@@ -195,7 +195,7 @@ def test_unreachable_and_refused_and_unauthorized(sshd: Sshd, qdir: Path, local:
         SSHQueue(f"ssh://root@127.0.0.1:{closed_port}/q", **_opts(sshd))
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
-    with pytest.raises(RemoteConnectionError, match="refused the login of user 'root'.*ssh-copy-id"):
+    with pytest.raises(RemoteConnectionError, match=r"refused the login of user 'root'.*ssh-copy-id"):
         SSHQueue(sshd.url(qdir), **_opts(sshd, key_filename=str(stranger)))
     with pytest.raises(QueueError, match="does not exist"):
         SSHQueue(sshd.url(qdir), **_opts(sshd, key_filename=str(tmp_path / "nokey")))
@@ -206,14 +206,21 @@ def test_unreachable_and_refused_and_unauthorized(sshd: Sshd, qdir: Path, local:
 
 
 class CuttingProxy:
-    """A real TCP relay to sshd that cuts its first connection after ``cut_after`` bytes from the client."""
+    """A real TCP relay to sshd that cuts its first connection after ``cut_after`` bytes.
 
-    def __init__(self, port: int, cut_after: int) -> None:
+    Counted from the client (requests lost on the way) or, with ``replies=True``,
+    from the server (requests carried out, but their replies lost: the case a
+    retry must not double).
+    """
+
+    def __init__(self, port: int, cut_after: int, replies: bool = False) -> None:
         self.target = port
         self.cut_after = cut_after
+        self.replies = replies
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.connections = 0
+        self.passed = 0  # bytes of the first connection in the counted direction, up to the cut
         self.cut = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -226,8 +233,9 @@ class CuttingProxy:
             self.connections += 1
             upstream = socket.create_connection(("127.0.0.1", self.target))
             limit = self.cut_after if self.connections == 1 else None
-            threading.Thread(target=self._pump, args=(client, upstream, limit), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+            up, down = (None, limit) if self.replies else (limit, None)
+            threading.Thread(target=self._pump, args=(client, upstream, up), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, down), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
         sent = 0
@@ -239,6 +247,8 @@ class CuttingProxy:
                     break
                 dst.sendall(data)
                 sent += len(data)
+                if limit is not None:
+                    self.passed = sent
         except OSError:
             pass
         for s in (src, dst):
@@ -252,27 +262,39 @@ class CuttingProxy:
         self.server.close()
 
 
-@pytest.mark.parametrize("cut_after", [60_000, 150_000, 400_000])
+def _submit_through(proxy: CuttingProxy, sshd: Sshd, qdir: Path) -> tuple[list[str], int]:
+    known = sshd.dir / f"known_hosts_proxy_{proxy.port}"
+    known.write_text(f"[127.0.0.1]:{proxy.port} {' '.join(sshd.host_pub()[:2])}\n")
+    url = f"ssh://root@127.0.0.1:{proxy.port}{qdir}"
+    with SSHQueue(url, **_opts(sshd, known_hosts=str(known))) as queue:
+        group = queue.map(operator.add, ["x" * 1000] * 300, [str(i) for i in range(300)])
+        return [j.id for j in group], queue.storage.connects  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.7, 0.8, 0.85])
+@pytest.mark.parametrize("replies", [False, True])
 def test_connection_cut_mid_submit_leaves_no_partial_and_no_duplicate(
-    sshd: Sshd, qdir: Path, local: Queue, cut_after: int
+    sshd: Sshd, tmp_path: Path, where: float, replies: bool
 ) -> None:
-    proxy = CuttingProxy(sshd.port, cut_after)
+    # Measure how many bytes the submission takes each way, then cut at a fraction of that.
+    Queue(tmp_path / "calibrate")
+    counter = CuttingProxy(sshd.port, 1 << 40, replies)
     try:
-        known = sshd.dir / f"known_hosts_proxy_{proxy.port}"
-        known.write_text(f"[127.0.0.1]:{proxy.port} {' '.join(sshd.host_pub()[:2])}\n")
-        url = f"ssh://root@127.0.0.1:{proxy.port}{qdir}"
-        with SSHQueue(url, **_opts(sshd, known_hosts=str(known))) as queue:
-            payload = "x" * 1000
-            group = queue.map(operator.add, [payload] * 300, [str(i) for i in range(300)])
-            assert proxy.cut.is_set()  # the first connection really was cut mid-way
-            assert queue.storage.connects == 2  # type: ignore[attr-defined]
-        assert len(group) == 300
-        queued = local.jobs(JobStatus.QUEUED)
-        assert sorted(j.id for j in queued) == sorted(j.id for j in group)  # each once, none missing
-        for job in queued[:5]:
-            assert job.info().function == "_operator.add"  # whole, verified task files
+        _submit_through(counter, sshd, tmp_path / "calibrate")
+    finally:
+        counter.close()
+    qdir = tmp_path / "q"
+    local = Queue(qdir)
+    proxy = CuttingProxy(sshd.port, int(counter.passed * where), replies)
+    try:
+        ids, connects = _submit_through(proxy, sshd, qdir)
     finally:
         proxy.close()
+    assert proxy.cut.is_set() and connects == 2  # the first connection really was cut mid-way
+    queued = local.jobs(JobStatus.QUEUED)
+    assert sorted(j.id for j in queued) == sorted(ids) and len(ids) == 300  # each once, none missing
+    for job in queued[:5]:
+        assert job.info().function == "_operator.add"  # whole, verified task files
 
 
 def test_dropped_connection_is_made_again(remote: SSHQueue, worker: str) -> None:
@@ -296,6 +318,6 @@ def test_python_version_warning_names_both(sshd: Sshd, qdir: Path, local: Queue)
         warnings.simplefilter("always")
         with SSHQueue(sshd.url(qdir), **_opts(sshd)):
             pass
-    ours = "%d.%d" % sys.version_info[:2]
+    ours = f"{sys.version_info[0]}.{sys.version_info[1]}"
     mismatch = [w for w in caught if "Python" in str(w.message)]
     assert bool(mismatch) == (remote_py != ours)
