@@ -321,3 +321,61 @@ def test_python_version_warning_names_both(sshd: Sshd, qdir: Path, local: Queue)
     ours = f"{sys.version_info[0]}.{sys.version_info[1]}"
     mismatch = [w for w in caught if "Python" in str(w.message)]
     assert bool(mismatch) == (remote_py != ours)
+
+
+def test_ssh_config_alias_and_proxyjump(sshd: Sshd, qdir: Path, local: Queue, tmp_path: Path) -> None:
+    bastion = Sshd(tmp_path / "bastion").start()  # a second real sshd: the only way "in"
+    try:
+        known = tmp_path / "known_hosts"
+        known.write_text(sshd.known_hosts.read_text() + bastion.known_hosts.read_text())
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            f"Host jump\n  HostName 127.0.0.1\n  Port {bastion.port}\n  User root\n  IdentityFile {bastion.client_key}\n"
+            f"Host cluster\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n  IdentityFile {sshd.client_key}\n"
+            "  ProxyJump jump\n"
+        )
+        opts = _opts(sshd, key_filename=None, ssh_config=str(config), known_hosts=str(known))
+        with SSHQueue(f"ssh://cluster{qdir}", **opts) as queue:
+            job = queue.enqueue(operator.add, 20, 22)
+            assert local.job(job.id).get_status() is JobStatus.QUEUED
+        assert "Accepted publickey for root" in bastion.log.read_text()  # it really went through the bastion
+    finally:
+        bastion.stop()
+
+
+@pytest.fixture
+def password_user() -> Iterator[tuple[str, str, Path]]:
+    """A real user with a password (sshd checks it against /etc/shadow), removed afterwards."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("password login needs a real user: run as root (CI does)")
+        pytest.skip("needs root to create a user")
+    name, password = "fsqtest", "p@ss:w/rd%"  # characters a URL must percent-encode
+    subprocess.run(["userdel", "-r", name], capture_output=True)
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["chpasswd"], input=f"{name}:{password}", text=True, check=True)
+        yield name, password, Path(f"/home/{name}")
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True)
+
+
+def test_password_in_url_logs_in_as_that_user(sshd: Sshd, password_user: tuple[str, str, Path]) -> None:
+    from urllib.parse import quote
+
+    name, password, home = password_user
+    queue_dir = home / "q"
+    Queue(queue_dir)
+    subprocess.run(["chown", "-R", f"{name}:{name}", str(queue_dir)], check=True)
+    url = f"ssh://{name}:{quote(password, safe='')}@127.0.0.1:{sshd.port}/~/q"
+    with SSHQueue(url, **_opts(sshd, key_filename=None)) as queue:
+        assert password not in queue.path and quote(password, safe="") not in queue.path
+        job = queue.enqueue(operator.add, 1, 1)
+        assert queue.storage.user().name == name  # "you" is the remote login user
+    import pwd
+
+    (task,) = [p for p in (queue_dir / "queued").rglob("*") if p.is_file()]
+    assert task.name.endswith(job.id) or job.id in task.name
+    assert task.stat().st_uid == pwd.getpwnam(name).pw_uid  # written by the remote login user
+    with pytest.raises(RemoteConnectionError, match="refused the login"):
+        SSHQueue(f"ssh://{name}:wrong@127.0.0.1:{sshd.port}/~/q", **_opts(sshd, key_filename=None))
