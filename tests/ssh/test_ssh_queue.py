@@ -330,7 +330,8 @@ def test_ssh_config_alias_and_proxyjump(sshd: Sshd, qdir: Path, local: Queue, tm
         known.write_text(sshd.known_hosts.read_text() + bastion.known_hosts.read_text())
         config = tmp_path / "ssh_config"
         config.write_text(
-            f"Host jump\n  HostName 127.0.0.1\n  Port {bastion.port}\n  User root\n  IdentityFile {bastion.client_key}\n"
+            f"Host jump\n  HostName 127.0.0.1\n  Port {bastion.port}\n  User root\n"
+            f"  IdentityFile {bastion.client_key}\n"
             f"Host cluster\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n  IdentityFile {sshd.client_key}\n"
             "  ProxyJump jump\n"
         )
