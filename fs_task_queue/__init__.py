@@ -13,6 +13,7 @@ from fs_task_queue._version import __version__
 from fs_task_queue.errors import (
     CorruptFileError,
     FSQError,
+    HostKeyError,
     InsecureQueueError,
     JobCanceledError,
     JobError,
@@ -20,6 +21,7 @@ from fs_task_queue.errors import (
     NoSuchJobError,
     PythonVersionMismatchError,
     QueueError,
+    RemoteConnectionError,
     RemoteError,
     SerializationError,
     SymlinkInQueueError,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CorruptFileError",
     "FSQError",
+    "HostKeyError",
     "InsecureQueueError",
     "SymlinkInQueueError",
     "Job",
@@ -56,6 +59,7 @@ __all__ = [
     "PythonVersionMismatchError",
     "Queue",
     "QueueError",
+    "RemoteConnectionError",
     "QueueExecutor",
     "RemoteError",
     "SerializationError",

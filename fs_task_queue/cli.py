@@ -127,6 +127,11 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
 def _run_worker(args: argparse.Namespace) -> int:
     from fs_task_queue.worker import Worker
 
+    if str(args.path).startswith("ssh://"):
+        raise FSQError(
+            f"workers do not run over SSH ({args.path}): they need the queue's filesystem for locks and"
+            " task output. Start the worker on the machine that has the queue, with --path /the/directory"
+        )
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -188,7 +193,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     queue = Queue(args.path, create=False)
     stats = queue.stats()
     print(f"queue {queue.path}")
-    print(f"guarantee: {guarantee(queue.path)}")
+    if queue.storage.local_path("") is not None:
+        print(f"guarantee: {guarantee(queue.path)}")
+    else:  # the filesystem is the remote host's: only a look from there can tell
+        print("guarantee: set by the remote host's filesystem; run `fs-task-queue info` there to see it")
     print("  " + "  ".join(f"{s.value}: {stats[s.value]}" for s in JobStatus))
     if stats.get("unreadable"):
         print(
@@ -361,14 +369,14 @@ def _add_info(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("info", help="counts per state, workers, recent failures", description=(
         "Show how many jobs are queued, started, finished, failed and canceled, the workers"
         " with the age of their heartbeat and what they run, and the most recent failures."))  # fmt: skip
-    p.add_argument("path", help="queue directory")
+    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
     p.add_argument("--failures", type=int, default=5, metavar="N", help="recent failures to list (default: 5)")
     p.set_defaults(func=_cmd_info)
 
 
 def _add_jobs(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("jobs", help="list jobs", description="List jobs oldest first: id, status, run time, function.")
-    p.add_argument("path", help="queue directory")
+    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
     p.add_argument("--status", choices=[s.value for s in JobStatus], help="only jobs in this state")
     p.add_argument("--limit", type=int, metavar="N", help="only the last N")
     p.set_defaults(func=_cmd_jobs)
@@ -378,7 +386,7 @@ def _add_show(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("show", help="one job in detail", description=(
         "Show one job: status, times, worker, progress, its result or remote traceback,"
         " and the end of its stdout and stderr."))  # fmt: skip
-    p.add_argument("path", help="queue directory")
+    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
     p.add_argument("job_id", help="the job's id (see 'fs-task-queue jobs')")
     p.add_argument("--tail", type=int, default=20, metavar="N", help="log lines to show (default: 20)")
     p.set_defaults(func=_cmd_show)
@@ -399,7 +407,7 @@ def _add_recover(sub: _Commands[argparse.ArgumentParser]) -> None:
         " --max-lost deaths). Same-host workers are checked exactly through their lock; workers on"
         " other hosts count as dead when their heartbeat is older than --dead-after. Running"
         " workers do this by themselves every --recover-interval seconds."))  # fmt: skip
-    p.add_argument("path", help="queue directory")
+    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
     p.add_argument(
         "--dead-after", type=_age, default=120.0, metavar="AGE", help="heartbeat age that means dead (default: 120s)"
     )
@@ -410,7 +418,7 @@ def _add_recover(sub: _Commands[argparse.ArgumentParser]) -> None:
 def _add_purge(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("purge", help="delete old finished/failed/canceled jobs", description=(
         "Delete the results, logs and kept task files of done jobs older than --older-than."))  # fmt: skip
-    p.add_argument("path", help="queue directory")
+    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
     p.add_argument("--older-than", type=_age, required=True, metavar="AGE", help="e.g. 7d, 12h, 30m")
     p.add_argument(
         "--status", action="append", choices=["finished", "failed", "canceled"], help="only these (repeatable)"
@@ -421,7 +429,7 @@ def _add_purge(sub: _Commands[argparse.ArgumentParser]) -> None:
 def _add_requeue(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("requeue", help="run failed jobs again", description=(
         "Put failed jobs back in the queue with fresh attempt counts (their history is kept)."))  # fmt: skip
-    p.add_argument("path", help="queue directory")
+    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
     p.add_argument("job_ids", nargs="*", metavar="JOB", help="failed job ids")
     p.add_argument("--all", action="store_true", help="requeue every failed job")
     p.set_defaults(func=_cmd_requeue)
@@ -431,7 +439,7 @@ def _add_cancel(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cancel", help="cancel jobs", description=(
         "Cancel queued or running jobs: a queued job never starts; a running one is killed within"
         " about a second by its worker."))  # fmt: skip
-    p.add_argument("path", help="queue directory")
+    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
     p.add_argument("job_ids", nargs="+", metavar="JOB", help="job ids")
     p.set_defaults(func=_cmd_cancel)
 
@@ -440,7 +448,7 @@ def _add_stop_worker(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stop-worker", help="stop workers after their current task", description=(
         "Delete the heartbeat file workers/<id>; the worker stops claiming, lets its current task"
         " finish (within its --grace) and exits."))  # fmt: skip
-    p.add_argument("path", help="queue directory")
+    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
     p.add_argument("worker_ids", nargs="+", metavar="WORKER", help="worker ids (see 'fs-task-queue info')")
     p.set_defaults(func=_cmd_stop_worker)
 
@@ -449,7 +457,7 @@ def _add_sweep(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sweep", help="delete temporary files left by killed writers", description=(
         "Delete files in tmp/ older than --older-than: partial submissions of clients killed"
         " mid-write. They were never visible as tasks. Workers also do this every 10 minutes."))  # fmt: skip
-    p.add_argument("path", help="queue directory")
+    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
     p.add_argument("--older-than", type=_age, default=3600.0, metavar="AGE", help="(default: 1h)")
     p.set_defaults(func=_cmd_sweep)
 

@@ -14,6 +14,8 @@ can catch either::
     ├── CorruptFileError           (ValueError)   a queue file is truncated, foreign or tampered
     ├── PythonVersionMismatchError (RuntimeError) submitter and worker Python differ
     ├── WaitTimeoutError           (TimeoutError) ``job.wait(timeout=...)`` ran out
+    ├── RemoteConnectionError   (ConnectionError) an SSH queue's host cannot be reached or logged into
+    │   └── HostKeyError                          its host key is unknown or changed
     └── JobError                                  a job did not produce a result
         ├── RemoteError                           the task raised on the worker
         ├── JobCanceledError                      the job was canceled
@@ -41,7 +43,9 @@ __all__ = [
     "JobTimeoutError",
     "NoSuchJobError",
     "PythonVersionMismatchError",
+    "HostKeyError",
     "QueueError",
+    "RemoteConnectionError",
     "RemoteError",
     "SerializationError",
     "ShipError",
@@ -133,6 +137,28 @@ class PythonVersionMismatchError(FSQError, RuntimeError):
 
 class WaitTimeoutError(FSQError, TimeoutError):
     """Waiting for a job ran out of time; the job itself goes on."""
+
+
+class RemoteConnectionError(FSQError, ConnectionError):
+    """An SSH queue's host cannot be reached, refused the login, or the connection broke.
+
+    An ``OSError`` too: code that treats a failed file operation as "try again
+    later" does so. The message names the host and the fix.
+    """
+
+    def __init__(self, message: str) -> None:
+        # One argument, kept whole: OSError would read two as (errno, strerror).
+        ConnectionError.__init__(self, message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), tuple(self.args))
+
+
+class HostKeyError(RemoteConnectionError):
+    """The SSH host's key is not in known_hosts, or differs from the one there (never accepted silently)."""
 
 
 class WorkerError(FSQError, RuntimeError):

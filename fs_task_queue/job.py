@@ -447,8 +447,8 @@ class Job:
             found = self.queue._find_task(self.id)
             if found and found[1]:
                 worker = found[1]
-                try:  # rename sets ctime: the claim time (coarse clock: never before submission)
-                    started = self.queue.storage.stat(layout.claimed_path(found[1], found[0])).ctime
+                try:  # the claimer touches the file it claimed (coarse clock: never before submission)
+                    started = self.queue.storage.stat(layout.claimed_path(found[1], found[0])).mtime
                     started = max(started, (self._read_task_header() or {}).get("at") or 0.0)
                 except OSError:
                     started = None

@@ -39,7 +39,15 @@ from fs_task_queue.errors import SymlinkInQueueError
 from fs_task_queue.ids import is_task_name
 from fs_task_queue.storage import Storage
 
-__all__ = ["Backlog", "is_shard_name", "iter_queued_names", "move_to_queued", "publish_queued", "queued_names"]
+__all__ = [
+    "Backlog",
+    "is_shard_name",
+    "iter_queued_names",
+    "move_to_queued",
+    "publish_queued",
+    "publish_queued_many",
+    "queued_names",
+]
 
 _SHARD_RE = re.compile(r"\d{8}-\d{6}-\d")  # fullmatch: "$" would accept a trailing newline
 log = logging.getLogger("fs_task_queue.worker")
@@ -79,6 +87,25 @@ def publish_queued(storage: Storage, name: str, data: bytes) -> None:
     """
     path = layout.queued_path(name)
     _into_shard(storage, name, lambda: storage.publish(path, data, replace=False, make_parent=True))
+
+
+def publish_queued_many(storage: Storage, tasks: list[tuple[str, bytes]]) -> list[OSError | None]:
+    """:func:`publish_queued` each ``(name, data)`` through the storage's batch publish; each one's error or None.
+
+    Those that met a vanishing or symlinked shard are published again one at a
+    time, with the patience and setting-aside of :func:`publish_queued`.
+    """
+    errors = storage.publish_many([(layout.queued_path(n), d) for n, d in tasks], replace=False, make_parent=True)
+    for i, exc in enumerate(errors):
+        if exc is not None and (
+            isinstance(exc, (NotADirectoryError, SymlinkInQueueError)) or exc.errno == errno.EAGAIN
+        ):
+            try:
+                publish_queued(storage, *tasks[i])
+                errors[i] = None
+            except OSError as again:
+                errors[i] = again
+    return errors
 
 
 def move_to_queued(storage: Storage, src: str, name: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["FileInfo", "Storage"]
+__all__ = ["FileInfo", "Storage", "UserIds"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class FileInfo:
 
     size: int
     mtime: float
+    #: The inode change time where the storage has one; SFTP (v3) has none and
+    #: gives the mtime. The core does not rely on it (see ``Job.info``).
     ctime: float
     is_file: bool
     is_dir: bool
@@ -29,6 +31,21 @@ class FileInfo:
     uid: int
     gid: int
     is_symlink: bool
+
+
+@dataclass(frozen=True)
+class UserIds:
+    """Who "you" are where the files are: the user whose processes create the storage's files.
+
+    On a mounted filesystem that is this process; over SFTP it is the remote
+    login user, whose ids the local system knows nothing about.
+    """
+
+    uid: int
+    #: The primary and supplementary groups.
+    gids: frozenset[int]
+    #: The user's name, for messages.
+    name: str
 
 
 @runtime_checkable
@@ -52,6 +69,9 @@ class Storage(Protocol):
 
     #: Human-readable location of the queue (a path or URL).
     location: str
+    #: Permission bits given to new files and folders (owner-only unless shared with a group).
+    file_mode: int
+    dir_mode: int
 
     def read(self, path: str) -> bytes:
         """The whole content of a regular file (never follows a symlink, never blocks on a FIFO).
@@ -75,6 +95,18 @@ class Storage(Protocol):
         a symlinked folder on the way raises SymlinkInQueueError and nothing is published.
         With ``sync=True`` the file and its folder entry are made durable even
         when the storage is not (the queue's key and format file).
+        """
+        ...
+
+    def publish_many(
+        self, items: list[tuple[str, bytes]], *, replace: bool = False, make_parent: bool = False
+    ) -> list[OSError | None]:
+        """:meth:`publish` each ``(path, data)``; return each one's error, or None where it was published.
+
+        A remote storage sends them together, a round trip per stage rather
+        than per file, so items after a failed one may be published. A local
+        one stops at the first failure: the items after it are not published
+        and carry that same error.
         """
         ...
 
@@ -145,6 +177,26 @@ class Storage(Protocol):
         On NFS or SFTP the server sets it, so submitters on hosts whose clocks
         disagree can all correct their order keys to this one clock.
         """
+        ...
+
+    def stat_many(self, paths: list[str]) -> list[FileInfo | None]:
+        """:meth:`stat` of each path (None where missing), in one go where the storage can batch them."""
+        ...
+
+    def share_with_group(self) -> None:
+        """Create group-readable and -writable files and setgid folders from now on (a shared queue)."""
+        ...
+
+    def user(self) -> UserIds:
+        """The user (and groups) that owns what this storage creates: "you" for the trust check."""
+        ...
+
+    def is_member(self, uid: int, gid: int) -> bool:
+        """Whether user ``uid`` belongs to group ``gid`` where the files are (primary or listed member)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the storage holds (descriptors, connections); it opens them again if used later."""
         ...
 
     def local_path(self, path: str) -> str | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import stat as stat_mod
 import threading
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fs_task_queue.errors import SymlinkInQueueError
-from fs_task_queue.storage import FileInfo
+from fs_task_queue.storage import FileInfo, UserIds
 
 _T = TypeVar("_T")
 
@@ -357,6 +358,19 @@ class LocalStorage:
                 os.unlink(tmp, dir_fd=tmp_fd)
             raise
 
+    def publish_many(
+        self, items: list[tuple[str, bytes]], *, replace: bool = False, make_parent: bool = False
+    ) -> list[OSError | None]:
+        errors: list[OSError | None] = []
+        for path, data in items:
+            try:
+                self.publish(path, data, replace=replace, make_parent=make_parent)
+            except OSError as exc:
+                # In order, like a loop of publish: what is queued is always a prefix.
+                return errors + [exc] * (len(items) - len(errors))
+            errors.append(None)
+        return errors
+
     def _move(self, src_fd: int, src: str, dst: str, *, replace: bool, make_parent: bool) -> int:
         """Move ``src`` (in folder ``src_fd``) to the path ``dst``; return the descriptor of dst's folder."""
         for attempt in range(_MOVE_ATTEMPTS):
@@ -578,6 +592,34 @@ class LocalStorage:
             is_symlink=stat_mod.S_ISLNK(st.st_mode),
         )
 
+    def stat_many(self, paths: list[str]) -> list[FileInfo | None]:
+        out: list[FileInfo | None] = []
+        for path in paths:
+            try:
+                out.append(self.stat(path))
+            except FileNotFoundError:
+                out.append(None)
+        return out
+
+    def user(self) -> UserIds:
+        uid = os.geteuid()
+        return UserIds(uid, frozenset((os.getegid(), *os.getgroups())), _user_name(uid))
+
+    def is_member(self, uid: int, gid: int) -> bool:
+        import grp
+        import pwd
+
+        try:
+            user = pwd.getpwuid(uid)
+        except KeyError:
+            return False  # a deleted user's files: nobody can say whom they belong to
+        if user.pw_gid == gid:
+            return True
+        try:
+            return user.pw_name in grp.getgrgid(gid).gr_mem
+        except KeyError:
+            return False
+
     def exists(self, path: str) -> bool:
         try:
             if not path:
@@ -603,6 +645,16 @@ class LocalStorage:
         finally:
             os.close(fd)
             os.unlink(tmp, dir_fd=tmp_fd)
+
+
+@functools.lru_cache(maxsize=8)
+def _user_name(uid: int) -> str:
+    import pwd  # once per uid: it reads /etc/passwd (the name is for messages only)
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _open_read(dir_fd: int, name: str) -> int:

@@ -1,0 +1,21 @@
+"""Fixtures of the SSH suite: a real sshd on 127.0.0.1 (see tests/ssh_server.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import cloudpickle
+import pytest
+from ssh_server import sshd
+
+__all__ = ["sshd"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Worker processes cannot import the test package: ship task functions by value.
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.startswith(__package__ + "."):
+            cloudpickle.register_pickle_by_value(sys.modules[module.__name__])
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(120))
