@@ -447,11 +447,7 @@ class Job:
             found = self.queue._find_task(self.id)
             if found and found[1]:
                 worker = found[1]
-                try:  # the claimer touches the file it claimed (coarse clock: never before submission)
-                    started = self.queue.storage.stat(layout.claimed_path(found[1], found[0])).mtime
-                    started = max(started, (self._read_task_header() or {}).get("at") or 0.0)
-                except OSError:
-                    started = None
+                started = self._claimed_at(found[1], found[0])
         opts = task.get("opt") or {}
         return JobInfo(
             id=self.id,
@@ -464,6 +460,23 @@ class Job:
             metadata=opts.get("metadata") or {},
             history=tuple(task.get("hist") or ()),
         )
+
+    def _claimed_at(self, worker: str, name: str) -> float | None:
+        """When the running task was claimed, as well as the storage can tell without a write per claim.
+
+        The claim's rename sets the task file's ctime. A storage without ctime
+        (SFTP) gives the worker folder's mtime instead: a claim or release in
+        that folder, the claim itself unless the worker released an earlier
+        task just after (milliseconds later). Never before the submission.
+        """
+        storage = self.queue.storage
+        try:
+            when = storage.stat(layout.claimed_path(worker, name)).ctime
+            if when is None:
+                when = storage.stat(layout.claimed_dir(worker)).mtime
+        except OSError:
+            return None
+        return max(when, (self._read_task_header() or {}).get("at") or 0.0)
 
     @property
     def enqueued_at(self) -> float | None:

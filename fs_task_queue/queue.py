@@ -974,10 +974,6 @@ class Claimer:
                 backlog.step_aside()  # another worker won this one, and is likely to win the next
                 continue
             crash_point("after-claim")
-            # The claimed file's mtime is the start time Job.info() reports: a
-            # rename keeps the submission's mtime, and SFTP shows no ctime.
-            with contextlib.suppress(OSError):
-                storage.touch(claimed)
             job_id = job_id_of(name)
             if storage.exists(layout.result_path(job_id)) and self.queue._has_outcome(job_id):
                 # Canceled while queued, or a replayed/duplicate file of a job

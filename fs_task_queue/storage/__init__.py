@@ -20,9 +20,9 @@ class FileInfo:
 
     size: int
     mtime: float
-    #: The inode change time where the storage has one; SFTP (v3) has none and
-    #: gives the mtime. The core does not rely on it (see ``Job.info``).
-    ctime: float
+    #: The inode change time, or None where the storage has none (SFTP v3).
+    #: A rename sets it, so it tells when a task was claimed (see ``Job.info``).
+    ctime: float | None
     is_file: bool
     is_dir: bool
     #: Permission bits with the set-id and sticky bits (``stat.S_IMODE``).

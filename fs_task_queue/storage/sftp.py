@@ -694,7 +694,7 @@ def _info(attrs: SFTPAttributes) -> FileInfo:
     return FileInfo(
         size=attrs.st_size or 0,
         mtime=mtime,
-        ctime=mtime,  # SFTP v3 has no ctime
+        ctime=None,  # SFTP v3 has no ctime
         is_file=stat_mod.S_ISREG(mode),
         is_dir=stat_mod.S_ISDIR(mode),
         mode=stat_mod.S_IMODE(mode),

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +89,25 @@ def test_submit_run_and_read_back_over_ssh(remote: SSHQueue, worker: str) -> Non
     assert remote.stats()["finished"] >= 52
     assert [w.id for w in remote.workers()] == [worker]
     assert remote.job(job.id).result == 3
+
+
+def sleep_until(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.02)
+
+
+def test_a_running_job_over_ssh_says_when_it_started(remote: SSHQueue, worker: str, tmp_path: Path) -> None:
+    # SFTP v3 has no ctime: the start time comes from the worker's claim folder, with no write per claim.
+    time.sleep(1.1)  # SFTP times are whole seconds: the claim falls in a later second than any earlier file
+    gate = tmp_path / "gate"
+    before = time.time()
+    job = remote.enqueue(sleep_until, str(gate))
+    wait_for(lambda: job.get_status() is JobStatus.STARTED, what="the job to start")
+    info = job.info()
+    gate.touch()
+    assert info.worker == worker and info.started_at is not None
+    assert before - 1 <= info.started_at <= time.time()
+    job.wait(timeout=WAIT)
 
 
 def test_executor_over_ssh(remote: SSHQueue, worker: str) -> None:
