@@ -150,6 +150,18 @@ def _summary(job: Job) -> tuple[str, float | None]:
     return info.function or "?", info.enqueued_at
 
 
+def _weak(method: Any) -> Any:
+    """A click handler that does not keep its view alive (the widget registry holds the button)."""
+    ref = weakref.WeakMethod(method)
+
+    def handler(button: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(button)
+
+    return handler
+
+
 # ----------------------------------------------------------------- views
 class _View:
     """What every view shares: its widgets, its display, its place in the poller."""
@@ -244,7 +256,7 @@ class JobView(_View):
             tooltip="Cancel this job (a running task is stopped by its worker)",
             layout=w.Layout(width="auto", margin="0 0 0 auto"),
         )
-        self.cancel_button.on_click(self._on_cancel)
+        self.cancel_button.on_click(_weak(self._on_cancel))
         self.output = self._widget(w.HTML, value="", layout=w.Layout(display="none"))
         self.outcome = self._widget(w.HTML, value="", layout=w.Layout(display="none"))
         row = self._widget(
@@ -445,7 +457,7 @@ class GroupView(_View):
             tooltip="Cancel every job of the group that is not done",
             layout=w.Layout(width="auto", margin="0 0 0 auto"),
         )
-        self.cancel_button.on_click(self._on_cancel)
+        self.cancel_button.on_click(_weak(self._on_cancel))
         self.failures = self._widget(w.HTML, value="", layout=w.Layout(display="none"))
         row = self._widget(
             w.HBox, [self.bar, self.bar_label, self.cancel_button], layout=w.Layout(align_items="center")
@@ -553,7 +565,7 @@ class QueueView(_View):
         self.refresh_button = self._widget(
             w.Button, description="Refresh", icon="refresh", layout=w.Layout(width="auto")
         )
-        self.refresh_button.on_click(self._on_refresh)
+        self.refresh_button.on_click(_weak(self._on_refresh))
         self.root = self._widget(w.VBox, [self.board, self.refresh_button])
         self.root.add_class("fsq-queue")
         self._keep_alive()
@@ -634,8 +646,9 @@ def show(obj: Job | JobGroup | Queue) -> Any:
     handle = display(view.bundle(), raw=True, display_id=True)
     view.display_id = handle.display_id
     _by_display[handle.display_id] = view
-    if view.pending:
-        Poller.instance().register(view)
+    # Always known to the poller (a dashboard of an idle queue is refreshed when a wait ends);
+    # the thread runs only while some view is pending.
+    Poller.instance().register(view, start=view.pending)
     return handle
 
 
@@ -706,6 +719,11 @@ def wait(obj: Job | JobGroup, timeout: float | None = None) -> None:
             if poller.tick(force=True):
                 interval = Poller.MIN_INTERVAL
             if not tracker.pending:
+                # Dashboards of this queue show the end too (they refresh only every few seconds).
+                for view in poller.views():
+                    if isinstance(view, QueueView) and view.queue == queue and not view.closed:
+                        with poller.lock:
+                            view.refresh(time.time())
                 return
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
