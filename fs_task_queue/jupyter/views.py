@@ -287,6 +287,9 @@ class JobView(_View):
         ended = state.status.is_done and (previous is None or not previous.status.is_done)
         if state.progress is not None:
             self.progress = state.progress
+        elif ended and self.progress is not None:
+            # The task's last report (snapshots read progress of running jobs only): one read, once.
+            self.progress = self.job.progress or self.progress
         with self.root.hold_sync():
             changed |= self._set(self.header, "value", self._header_html(now))
             changed |= self._show_progress()
