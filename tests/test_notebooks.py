@@ -114,11 +114,9 @@ def check_quickstart(nb: Any) -> None:
     assert "Traceback" in text and "ZeroDivisionError: division by zero" in text and "in mean" in text
     assert bad["data"]["text/plain"].endswith("failed>")
 
-    board = widgets.of_output(displayed(code["queue"]))
-    assert any(
-        "fsq-status" not in str(m["state"].get("value", "")) and "Queue" in str(m["state"].get("value", ""))
-        for m in board
-    )
+    board = " ".join(str(m["state"].get("value", "")) for m in widgets.of_output(displayed(code["queue"])))
+    # Refreshed when the last wait ended: every job done, the two workers listed.
+    assert "finished</span> 17" in board and "failed</span> 1" in board and board.count("ago") == 2
 
     wait_cell = next(c for c in nb.cells if c.cell_type == "code" and "views.wait" in c.source)
     assert "[0, 1, 4, 9" in wait_cell.outputs[0]["text"] and "ZeroDivisionError" in wait_cell.outputs[0]["text"]
