@@ -108,16 +108,19 @@ def _status_pill(status: JobStatus | str) -> str:
     value = JobStatus(status).value
     color = reprs.STATUS_COLORS[JobStatus(status)]
     return (
-        f'<span class="fsq-status" data-status="{value}" style="background: {color}; color: white;'
+        f'<span class="fsq-status" data-status="{value}" style="background: {color}; color: {reprs.BADGE_TEXT};'
         f' border-radius: 8px; padding: 1px 8px; font-weight: 600">{value}</span>'
     )
 
 
 def _pre(text: str, *, error: bool = False) -> str:
-    color = "var(--jp-error-color1, #d32f2f)" if error else "var(--jp-content-font-color1, #212121)"
+    # Errors are marked by a red edge, not red text: red on the code background
+    # is too faint in dark themes (checked on screenshots).
+    edge = "var(--jp-error-color1, #d32f2f)" if error else "var(--jp-border-color1, #bdbdbd)"
     return (
         '<pre style="font-family: var(--jp-code-font-family, monospace); font-size: var(--jp-code-font-size, 12px);'
-        f" background: var(--jp-layout-color2, #f5f5f5); color: {color}; padding: 4px 6px; margin: 2px 0;"
+        " background: var(--jp-layout-color2, #f5f5f5); color: var(--jp-content-font-color1, #212121);"
+        f" border-left: 3px solid {edge}; padding: 4px 6px; margin: 2px 0;"
         f' max-height: 16em; overflow: auto; white-space: pre-wrap; line-height: 1.3">{escape(text)}</pre>'
     )
 
@@ -147,7 +150,8 @@ def _summary(job: Job) -> tuple[str, float | None]:
     cell = (info.metadata or {}).get("fsq") if isinstance(info.metadata, dict) else None
     if isinstance(cell, dict) and cell.get("summary"):
         return f"cell: {cell['summary']}", info.enqueued_at
-    return info.function or "?", info.enqueued_at
+    # A function defined in the notebook is named by itself, not as __main__.f.
+    return (info.function or "?").removeprefix("__main__."), info.enqueued_at
 
 
 def _weak(method: Any) -> Any:
@@ -348,6 +352,9 @@ class JobView(_View):
         if state.status is JobStatus.FINISHED:
             value = self.bar.max  # done is 100 %, whatever the last report said
         changed |= self._set(self.bar, "value", min(value, self.bar.max))
+        # An empty bar under a job that failed or was canceled before reporting says nothing.
+        empty_end = report is None and state.status in (JobStatus.FAILED, JobStatus.CANCELED)
+        changed |= self._set(self.bar.layout, "display", "none" if empty_end else "")
         label = reprs.progress_label(report) if report is not None else ""
         if state.status is JobStatus.FINISHED and not label:
             label = "done"
@@ -569,7 +576,7 @@ class QueueView(_View):
             w.Button, description="Refresh", icon="refresh", layout=w.Layout(width="auto")
         )
         self.refresh_button.on_click(_weak(self._on_refresh))
-        self.root = self._widget(w.VBox, [self.board, self.refresh_button])
+        self.root = self._widget(w.VBox, [self.board, self.refresh_button], layout=w.Layout(align_items="flex-start"))
         self.root.add_class("fsq-queue")
         self._keep_alive()
         self._busy = False
