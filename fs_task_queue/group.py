@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex, overload
 
 from fs_task_queue import layout
 from fs_task_queue.errors import WaitTimeoutError
@@ -35,6 +35,20 @@ class JobGroup(list["Job"]):
         super().__init__(jobs)
         #: When the group was made (for throughput and ETA).
         self.created_at = time.time()
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Job: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> JobGroup: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> Job | JobGroup:
+        """A job, or for a slice a :class:`JobGroup` of those jobs (its summary and widget, not a bare list)."""
+        if isinstance(index, slice):
+            part = JobGroup(super().__getitem__(index))
+            part.created_at = self.created_at  # throughput and ETA count from the submission
+            return part
+        return super().__getitem__(index)
 
     @property
     def queue(self) -> Queue | None:
@@ -69,7 +83,7 @@ class JobGroup(list["Job"]):
         deadline = None if timeout is None else time.monotonic() + timeout
         watcher = queue._watcher(layout.RESULTS)
         while pending:
-            ended = [j for j, s in queue.snapshot(pending, progress=False).items() if s.status.is_done]
+            ended = [j for j, s in queue.snapshot(pending, progress=False, details=False).items() if s.status.is_done]
             for job_id in sorted(ended):
                 pending.discard(job_id)
                 yield by_id[job_id]

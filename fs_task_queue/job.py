@@ -20,7 +20,7 @@ from fs_task_queue.errors import (
 from fs_task_queue.ids import job_id_of
 from fs_task_queue.progress import JobInfo, Progress
 from fs_task_queue.serialize import RESULT_MAGIC, TASK_MAGIC, loads, open_envelope, seal
-from fs_task_queue.snapshot import parse_progress
+from fs_task_queue.snapshot import claimed_at, parse_progress
 from fs_task_queue.status import JobStatus
 
 if TYPE_CHECKING:
@@ -462,21 +462,7 @@ class Job:
         )
 
     def _claimed_at(self, worker: str, name: str) -> float | None:
-        """When the running task was claimed, as well as the storage can tell without a write per claim.
-
-        The claim's rename sets the task file's ctime. A storage without ctime
-        (SFTP) gives the worker folder's mtime instead: a claim or release in
-        that folder, the claim itself unless the worker released an earlier
-        task just after (milliseconds later). Never before the submission.
-        """
-        storage = self.queue.storage
-        try:
-            when = storage.stat(layout.claimed_path(worker, name)).ctime
-            if when is None:
-                when = storage.stat(layout.claimed_dir(worker)).mtime
-        except OSError:
-            return None
-        return max(when, (self._read_task_header() or {}).get("at") or 0.0)
+        return claimed_at(self.queue.storage, worker, name, (self._read_task_header() or {}).get("at"))
 
     @property
     def enqueued_at(self) -> float | None:

@@ -609,13 +609,15 @@ class Queue:
         counts["workers"] = len(self.workers())
         return counts
 
-    def snapshot(self, jobs: Iterable[Job | str], *, progress: bool = True) -> dict[str, JobState]:
+    def snapshot(
+        self, jobs: Iterable[Job | str], *, progress: bool = True, details: bool = True
+    ) -> dict[str, JobState]:
         """The states of many jobs (jobs or ids) at once, by id, from a few directory listings.
 
         Much cheaper than asking each job: see :func:`fs_task_queue.snapshot.snapshot`.
         Live views (widgets, progress bars) poll through it.
         """
-        return snapshot(self, jobs, progress=progress)
+        return snapshot(self, jobs, progress=progress, details=details)
 
     def workers(self) -> list[WorkerInfo]:
         """The registered workers, with heartbeat age and running jobs."""

@@ -32,6 +32,9 @@ STATUS_COLORS = {
     JobStatus.FAILED: "var(--jp-error-color1, #d32f2f)",
     JobStatus.CANCELED: "var(--jp-warn-color1, #f57c00)",
 }
+#: Text on a status pill: the page's background colour, so it contrasts with the pill in light
+#: themes (white on dark colours) and dark ones (whose status colours are light).
+BADGE_TEXT = "var(--jp-layout-color0, white)"
 _BOX = (
     "font-family: var(--jp-ui-font-family, sans-serif); font-size: var(--jp-ui-font-size1, 13px);"
     " color: var(--jp-ui-font-color1, #212121); background: var(--jp-layout-color1, transparent);"
@@ -54,7 +57,7 @@ def status_badge(status: JobStatus | str) -> str:
     """A coloured pill naming ``status``."""
     color = STATUS_COLORS.get(JobStatus(status), "gray")
     return (
-        f'<span style="background: {color}; color: white; border-radius: 8px; padding: 1px 8px;'
+        f'<span style="background: {color}; color: {BADGE_TEXT}; border-radius: 8px; padding: 1px 8px;'
         f' font-weight: 600">{escape(str(status))}</span>'
     )
 

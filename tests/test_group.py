@@ -88,3 +88,12 @@ def test_static_html_of_job_group_and_queue(queue, worker, tmp_path):
 
 def test_dashboard_without_workers_says_how_to_start_one(queue):
     assert "fs-task-queue-worker --path" in queue._repr_html_()
+
+
+def test_a_slice_of_a_group_is_a_group(queue):
+    group = queue.map(operator.neg, range(6))
+    part = group[1:4]
+    assert isinstance(part, JobGroup) and [j.id for j in part] == [j.id for j in group][1:4]
+    assert part.created_at == group.created_at  # ETA and throughput from the submission
+    assert repr(part) == "<JobGroup of 3 jobs: 3 queued>"
+    assert group[-1] is list.__getitem__(group, -1) and isinstance(group[::2], JobGroup)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import codecs
 import operator
+import os
+import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from helpers import WAIT, divide, run_burst, wait_for, wait_for_file
 
 from fs_task_queue import JobStatus, Queue, progress
@@ -74,7 +77,7 @@ def test_snapshot_classifies_every_state(queue, worker, tmp_path):
     assert states[running.id].worker == worker
     report = states[running.id].progress
     assert report is not None and (report.done, report.total, report.message) == (3, 4, "three of four")
-    assert states[finished.id].progress is None and states[finished.id].worker is None
+    assert states[finished.id].progress is None and states[finished.id].worker == worker  # who ran it
     assert queue.snapshot([running], progress=False)[running.id].progress is None
     # The same answers as asking each job.
     assert all(queue.job(j).get_status() is s.status for j, s in states.items())
@@ -126,3 +129,36 @@ def test_read_output_follows_a_running_task(queue, worker, tmp_path):
     text = "".join(decoder.decode(whole[i : i + 1]) for i in range(len(whole)))
     assert text == job.stdout == "line one\nline two é\n"
     assert job.read_output("stderr") == b"" and job.read_output("stdout", len(whole)) == b""
+
+
+def test_snapshot_says_when_where_and_which_attempt(queue, worker, tmp_path):
+    """Live views show start time, host, attempt and a failure's error without asking each job."""
+    gate = tmp_path / "gate"
+    failed = queue.enqueue(divide, 1, 0)
+    wait_for(failed.done)
+    running = queue.enqueue(report_and_wait, str(gate))
+    wait_for(lambda: running.progress is not None, what="the progress report")
+    client, storage = counted_queue(queue)
+    storage.ops()  # opening the queue
+    before = time.time()
+    states = client.snapshot([running, failed])
+    first_cost = storage.ops()
+    state = states[running.id]
+    info = running.info()
+    assert state.status is JobStatus.STARTED and state.attempt == 1
+    assert state.started_at == pytest.approx(info.started_at) and state.started_at <= before
+    assert state.host == os.uname().nodename and state.worker == worker
+    assert states[failed.id].error == "ZeroDivisionError: division by zero"
+    assert states[failed.id].ended_at == pytest.approx(failed.info().ended_at)
+    # Start time, attempt and host are looked up once: later ticks cost what a bare status does.
+    again = client.snapshot([running, failed])
+    assert again[running.id].started_at == state.started_at and again[running.id].host == state.host
+    assert storage.ops() < first_cost
+    bare = client.snapshot([running, failed], details=False)
+    assert bare[running.id].started_at is None
+    assert storage.ops() == first_cost - 3  # the stat, the task header, the worker's identity
+    gate.touch()
+    assert running.wait(timeout=WAIT) == "done"
+    done = client.snapshot([running])[running.id]
+    assert done.status is JobStatus.FINISHED and done.ended_at is not None and done.error is None
+    assert done.started_at == pytest.approx(running.info().started_at)

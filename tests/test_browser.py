@@ -1,0 +1,185 @@
+"""The quickstart notebook in a real JupyterLab, in a real headless Chromium (Playwright).
+
+Runs all cells as a user would (Run > Run All Cells), then checks what is on
+screen: the job widget renders, its progress bar reaches 100 % and its status
+ends as finished, and the failing job shows the worker's traceback. Screenshots
+in the light and the dark theme are saved to tests/artifacts/ (git-ignored) for
+a person to look at; their paths are printed.
+
+Needs Debian's ``chromium`` (CI's ``.ci/run`` installs it; Playwright's own
+browser download is never used). Outside CI a missing chromium skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).parent.parent
+ARTIFACTS = Path(__file__).parent / "artifacts"
+TOKEN = "fsq-browser-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[str]:
+    """A JupyterLab server serving a copy of notebooks/ (its base URL); stopped after the test."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it with apt-get")
+        pytest.skip("needs Debian's chromium: apt-get install chromium")
+    work = tmp_path / "lab"
+    shutil.copytree(ROOT / "notebooks", work)
+    settings = tmp_path / "settings"
+    apputils = settings / "@jupyterlab" / "apputils-extension"
+    apputils.mkdir(parents=True)
+    # No news toast over the notebook.
+    (apputils / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    env = dict(os.environ)
+    for name, sub in [
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("IPYTHONDIR", "ipython"),
+        ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+    ]:
+        env[name] = str(tmp_path / sub)
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
+    port = free_port()
+    log = tmp_path / "lab.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter",
+                "lab",
+                "--no-browser",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                f"--IdentityProvider.token={TOKEN}",
+                "--allow-root",
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: switch the theme by command
+                f"--ServerApp.root_dir={work}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"JupyterLab did not start:\n{log.read_text(errors='replace')}") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        # Stop the notebook's kernel first (it runs the workers' parent), then the server.
+        try:
+            for session in json.loads(urllib.request.urlopen(f"{base}/api/sessions?token={TOKEN}").read()):
+                request = urllib.request.Request(f"{base}/api/sessions/{session['id']}?token={TOKEN}", method="DELETE")
+                urllib.request.urlopen(request).read()
+        except OSError:
+            pass
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def shoot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+@pytest.mark.timeout(300)
+def test_quickstart_in_jupyterlab(lab: str) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 3400})
+            page.goto(f"{lab}/lab/tree/quickstart.ipynb?token={TOKEN}")
+            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=90_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+
+            notebook = page.locator(".jp-NotebookPanel")
+            job = notebook.locator(".fsq-job").first
+            expect(job).to_be_visible(timeout=60_000)
+            try:  # a look at it while it runs (progress, output tail, Cancel), if it is caught running
+                job.locator('.fsq-status[data-status="started"]').wait_for(timeout=5_000)
+                page.wait_for_timeout(1_200)  # the output tail is read every second
+                ARTIFACTS.mkdir(exist_ok=True)
+                job.screenshot(path=str(ARTIFACTS / "widget-running-light.png"))
+            except PlaywrightTimeout:
+                pass
+            expect(job.locator('.fsq-status[data-status="finished"]')).to_be_visible(timeout=120_000)
+            bar = job.locator(".widget-hprogress .progress-bar")
+            expect(bar).to_have_attribute("style", re.compile(r"width: 100%"), timeout=30_000)
+            failed = notebook.locator(".fsq-job", has=page.locator('.fsq-status[data-status="failed"]'))
+            expect(failed).to_be_visible(timeout=60_000)
+            expect(failed).to_contain_text("ZeroDivisionError: division by zero")
+            expect(failed).to_contain_text("Traceback")
+            group = notebook.locator(".fsq-group")
+            expect(group).to_contain_text("16 / 16 done", timeout=60_000)
+            # The last cell has run (workers stopped) and the kernel is idle.
+            expect(notebook).to_contain_text("workers exited with", timeout=120_000)
+            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+            shots = [shoot(page, "quickstart-light.png")]
+            for i, widget in enumerate((job, group, failed)):
+                widget.screenshot(path=str(ARTIFACTS / f"widget-{i}-light.png"))
+
+            page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+            page.wait_for_selector('body[data-jp-theme-light="false"]', state="attached", timeout=30_000)
+            page.wait_for_timeout(500)  # the theme's stylesheet applies after the attribute
+            shots.append(shoot(page, "quickstart-dark.png"))
+            for i, widget in enumerate((job, group, failed)):
+                widget.screenshot(path=str(ARTIFACTS / f"widget-{i}-dark.png"))
+            assert all(p.stat().st_size > 10_000 for p in shots)
+        finally:
+            browser.close()
