@@ -116,7 +116,18 @@ def check_quickstart(nb: Any) -> None:
 
     board = " ".join(str(m["state"].get("value", "")) for m in widgets.of_output(displayed(code["queue"])))
     # Refreshed when the last wait ended: every job done, the two workers listed.
-    assert "finished</span> 17" in board and "failed</span> 1" in board and board.count("ago") == 2
+    # job 1 + group 16 + the %%fsq cell 1 + its --map sweep 3
+    assert "finished</span> 21" in board and "failed</span> 1" in board and board.count("ago") == 2
 
-    wait_cell = next(c for c in nb.cells if c.cell_type == "code" and "views.wait" in c.source)
-    assert "[0, 1, 4, 9" in wait_cell.outputs[0]["text"] and "ZeroDivisionError" in wait_cell.outputs[0]["text"]
+    # %%fsq: the variables the cell assigned came back, and its last value is the cell's result.
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("%%fsq\n"))
+    result = [o for o in cell.outputs if o.output_type == "execute_result"]
+    assert result and result[0]["data"]["text/plain"] == "9.166666666666666", cell.outputs
+    assert any("computed on a worker" in o.get("text", "") for o in cell.outputs), cell.outputs
+    assert code["squares"].outputs[0]["data"]["text/plain"] == "[0, 1, 4, 9, 16, 25]"
+    sweep = code['[r["seconds"] for r in run]'].outputs[0]["data"]["text/plain"]
+    assert sweep == "[0.05, 0.1, 0.2]", sweep
+
+    wait_cell = next(c for c in nb.cells if c.cell_type == "code" and "%fsq wait" in c.source)
+    printed = "".join(o.get("text", "") for o in wait_cell.outputs if o.output_type == "stream")
+    assert "[0, 1, 4, 9" in printed and "ZeroDivisionError" in printed, wait_cell.outputs

@@ -63,6 +63,17 @@ class CellResult:
     last: bytes | None = None
     has_last: bool = False
 
+    def __repr__(self) -> str:
+        # What a job view or `job.result` shows of a cell task: the names, not pickled bytes.
+        parts = [f"variables: {', '.join(sorted(self.values)) or '-'}"]
+        if self.modules:
+            parts.append(f"modules: {', '.join(sorted(self.modules))}")
+        if self.unshipped:
+            parts.append(f"not brought back: {', '.join(sorted(self.unshipped))}")
+        if self.has_last:
+            parts.append("and the last value" if self.last is not None else "(last value not picklable)")
+        return f"<cell result, {'; '.join(parts)}; `%fsq pull` puts them in the notebook>"
+
 
 def _quiet(source: str) -> bool:
     """Whether the cell ends with ``;`` (IPython then shows no value)."""

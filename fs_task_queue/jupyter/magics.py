@@ -121,6 +121,13 @@ class FsqMagics(Magics):
             args = parser.parse_args(shlex.split(line))
         except ValueError as exc:  # shlex: unbalanced quotes
             raise UsageError(f"%%fsq: {exc}") from None
+        except UsageError as exc:
+            if "--map" in line and "unrecognized arguments" in str(exc):
+                # The line is split like a shell's: `--map x=[1, 2]` is three words.
+                raise UsageError(
+                    f"{exc}. An EXPR with spaces must be quoted: --map 'x=[1, 2]' (or written without spaces)"
+                ) from None
+            raise
         if args.help:
             print(self.fsq_cell.__doc__)
             return None

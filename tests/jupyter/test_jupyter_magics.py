@@ -205,6 +205,8 @@ def test_bad_input_says_what_to_do(shell: InteractiveShell, tmp_path: Path) -> N
         run(shell, "%%fsq --map k\nx = 1\n")
     with pytest.raises(UsageError, match="differ in length"):
         run(shell, "%%fsq --map a=[1] --map 'b=[1, 2]'\nx = a\n")
+    with pytest.raises(UsageError, match=r"must be quoted: --map 'x=\[1, 2\]'"):
+        run(shell, "%%fsq --map a=[1, 2]\nx = a\n")
     with pytest.raises(UsageError, match="IPython syntax"):
         run(shell, "%%fsq\n!ls\n")
     with pytest.raises(UsageError, match="invalid choice"):

@@ -50,3 +50,11 @@ def test_assigns() -> None:
 def test_syntax_error_is_raised() -> None:
     with pytest.raises(SyntaxError):
         analyse("x = (")
+
+
+def test_a_cell_result_shows_names_not_pickled_bytes() -> None:
+    from fs_task_queue.jupyter.cellrun import CellResult
+
+    result = CellResult(values={"squares": b"\x80\x05..."}, modules={"np": "numpy"}, last=b"\x80\x05", has_last=True)
+    text = repr(result)
+    assert "squares" in text and "np" in text and "last value" in text and "\\x80" not in text
