@@ -87,6 +87,34 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
             assert "raises-exception" in cell.metadata.get("tags", []), f"cell {i} failed: {errors[0]['evalue']}"
     if path.name == "quickstart.ipynb":
         check_quickstart(nb)
+    if path.name == "magics.ipynb":
+        check_magics(nb)
+
+
+def results_of(nb: Any) -> dict[str, Any]:
+    """Each code cell's outputs, by the first line of its source."""
+    return {c.source.splitlines()[0]: c.outputs for c in nb.cells if c.cell_type == "code" and c.source}
+
+
+def plain(outputs: list[Any]) -> str:
+    return "".join(o["data"]["text/plain"] for o in outputs if o.output_type == "execute_result")
+
+
+def check_magics(nb: Any) -> None:
+    out = results_of(nb)
+    # Shipped inputs (a notebook function included), assigned variables back, the last value.
+    assert plain(out["normalised, total"]).startswith("([0.4615384615384615")
+    assert plain(out['counts, "helper_value" in globals()']) == "({False: 2, True: 1}, False)"
+    cells = [c.outputs for c in nb.cells if c.cell_type == "code"]
+    rich = next(o for o in cells if any("image/png" in x.get("data", {}) for x in o))
+    assert any("<b>bold from the worker</b>" in x.get("data", {}).get("text/html", "") for x in rich)
+    assert plain(out["%fsq wait later"]) == "42"
+    assert "In[" in "".join(o.get("text", "") for o in out["%fsq jobs"])
+    assert "large: sum of 1..1000 is 500500" in plain(out["line"])
+    errors = [o for outputs in cells for o in outputs if o.output_type == "error"]
+    assert [e.ename for e in errors] == ["RemoteZeroDivisionError", "ShipError"], errors
+    assert "ratio = total / (len(data) - 3)" in errors[0].evalue, "the cell's own line in the worker's traceback"
+    assert "`lock`" in errors[1].evalue and "Nothing was submitted" in errors[1].evalue
 
 
 def check_quickstart(nb: Any) -> None:
