@@ -132,6 +132,7 @@ class Queue:
     ) -> None:
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning epoch seconds (like time.time), got {clock!r}")
+        owned = storage is None
         if storage is None:
             if path is None:
                 raise TypeError("Queue() needs a path (or a storage)")
@@ -149,29 +150,35 @@ class Queue:
             storage = LocalStorage(root, file_mode=file_mode, dir_mode=dir_mode, durable=durable)
         self.storage: Storage = storage
         self.path = storage.location
-        self._host = os.uname().nodename
-        self._format = self._open(create, shared)
         try:
-            self._key = self.storage.read(layout.KEY_FILE)
-        except PermissionError:
-            raise QueueError(
-                f"cannot read the signing key of the queue at {self.path}: it belongs to another user."
-                " Ask its owner to share it (Queue(path, shared=True) and a common group) or use your own queue"
-            ) from None
-        except FileNotFoundError:
-            raise QueueError(
-                f"the queue at {self.path} has no signing key file ({layout.KEY_FILE}); it is damaged:"
-                " create a new queue"
-            ) from None
-        self._check_key_and_format()
-        # A valid signature proves only that whoever wrote the settings had the
-        # key: owners and modes say whether that can be someone else (who can
-        # sign anything). Checked after the signature so that edited settings
-        # are reported as such, not as the modes they imply.
-        check_queue_permissions(storage, self._format["shared"])
-        if self._format["shared"]:
-            # Everyone who opens a shared queue must create group-usable files.
-            storage.share_with_group()
+            self._host = os.uname().nodename
+            self._format = self._open(create, shared)
+            try:
+                self._key = self.storage.read(layout.KEY_FILE)
+            except PermissionError:
+                raise QueueError(
+                    f"cannot read the signing key of the queue at {self.path}: it belongs to another user."
+                    " Ask its owner to share it (Queue(path, shared=True) and a common group) or use your own queue"
+                ) from None
+            except FileNotFoundError:
+                raise QueueError(
+                    f"the queue at {self.path} has no signing key file ({layout.KEY_FILE}); it is damaged:"
+                    " create a new queue"
+                ) from None
+            self._check_key_and_format()
+            # A valid signature proves only that whoever wrote the settings had the
+            # key: owners and modes say whether that can be someone else (who can
+            # sign anything). Checked after the signature so that edited settings
+            # are reported as such, not as the modes they imply.
+            check_queue_permissions(storage, self._format["shared"])
+            if self._format["shared"]:
+                # Everyone who opens a shared queue must create group-usable files.
+                storage.share_with_group()
+        except BaseException:
+            if owned:
+                # A connection this call made (SSH) must not outlive the failed open.
+                storage.close()
+            raise
         self._pyver = python_version()
         self._clock: Callable[[], float] = clock or time.time
         self._skew = 0.0  # storage clock minus ours, added to every submission time

@@ -145,10 +145,18 @@ def test_quickstart_in_jupyterlab(lab: str) -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 3400})
             page.goto(f"{lab}/lab/tree/quickstart.ipynb?token={TOKEN}")
             page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=90_000)
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
-
             notebook = page.locator(".jp-NotebookPanel")
+            started = notebook.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]")).first
+            for attempt in range(3):
+                page.get_by_role("menuitem", name="Run", exact=True).click()
+                page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+                try:  # on a loaded machine a click can land before the kernel takes requests
+                    expect(started).to_be_visible(timeout=30_000)
+                    break
+                except AssertionError:
+                    if attempt == 2:
+                        raise
+
             job = notebook.locator(".fsq-job").first
             expect(job).to_be_visible(timeout=60_000)
             try:  # a look at it while it runs (progress, output tail, Cancel), if it is caught running

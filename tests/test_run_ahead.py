@@ -82,7 +82,9 @@ def test_an_outcome_the_sink_has_no_room_for_is_published_by_the_task_loop(queue
 def test_a_worker_whose_run_ahead_is_tiny_still_runs_everything_once(queue: Queue, monkeypatch):
     # No outcome may wait beside another: most are published by the task process itself.
     # (The task process is forked from this one, so it sees the patched limits.)
-    assert threading.active_count() == 1
+    assert threading.active_count() == 1, [
+        (t.name, getattr(t, "_target", None), type(t)) for t in threading.enumerate()
+    ]
     monkeypatch.setattr("fs_task_queue.supervise.RUN_AHEAD_MAX", 0)
     monkeypatch.setattr("fs_task_queue.supervise.RUN_AHEAD_BUDGET", 0.0)
     jobs = queue.map(operator.mul, range(300), range(300))

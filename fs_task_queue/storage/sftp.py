@@ -346,7 +346,7 @@ class _Connection:
         try:
             sftp = client.open_sftp()
         except Exception as exc:
-            client.close()
+            _discard(client)
             raise RemoteConnectionError(
                 f"logged in to {self.target.url()}, but it offers no SFTP ({exc}): the server needs"
                 " `Subsystem sftp internal-sftp` (or sftp-server) in its sshd_config"
@@ -447,10 +447,10 @@ class _Connection:
                 channel_timeout=opts.timeout,
             )
         except HostKeyError:
-            client.close()
+            _discard(client)
             raise
         except paramiko.BadHostKeyException as exc:
-            client.close()
+            _discard(client)
             name = _known_name(end.host, end.port)
             raise HostKeyError(
                 f"the host key of {name} has CHANGED: known_hosts has {exc.expected_key.get_name()}"
@@ -460,13 +460,13 @@ class _Connection:
                 f" `ssh-keygen -R '{name}'` and connect again to trust it"
             ) from None
         except paramiko.PasswordRequiredException:
-            client.close()
+            _discard(client)
             raise RemoteConnectionError(
                 f"the SSH key for {end.user}@{end.host} is encrypted: pass passphrase=... (or set"
                 " PARAMIKO_SSH_PASSPHRASE), or load it into ssh-agent with `ssh-add`"
             ) from None
         except paramiko.AuthenticationException as exc:
-            client.close()
+            _discard(client)
             tried = []
             if password is not None:
                 tried.append("the password from the URL")
@@ -483,7 +483,7 @@ class _Connection:
                 " (`ssh-copy-id`), pass key_filename=..., or put the password in the URL (percent-encoded)"
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            client.close()
+            _discard(client)
             raise RemoteConnectionError(
                 f"the SSH handshake with {end.host}:{end.port} failed ({exc}): is an SSH server listening"
                 " there (not another service)?"
@@ -552,11 +552,24 @@ class _Connection:
                 sftp.close()
         for client in reversed(clients):
             with contextlib.suppress(Exception):
-                client.close()
+                _discard(client)
 
     def close(self) -> None:
         with self.lock:
             self.drop()
+
+
+def _discard(client: paramiko.SSHClient) -> None:
+    """Close ``client`` and wait (briefly) for its transport's thread to end.
+
+    The reader thread ends a moment after close(): waiting for it means a
+    closed or failed connection leaves no thread behind (a process that forks
+    next, as a worker does, must be single-threaded).
+    """
+    transport = client.get_transport()
+    client.close()
+    if transport is not None and transport is not threading.current_thread():
+        transport.join(2.0)
 
 
 # ------------------------------------------------------------------ pipelined requests

@@ -57,8 +57,9 @@ def test_client_killed_mid_write_leaves_nothing_in_queued(lab):
             client = lab.procs.start([PYTHON, "-c", BIG_CLIENT, str(lab.path)], label="big-client")
             leftover = None
             mine = f"{client.pid:x}-"  # temporary names start with the writer's pid in hex
-            while client.poll() is None:  # kill it the moment its temporary file exists
-                found = [n for n in names(tmp_dir) if n.startswith(mine)]
+            while client.poll() is None:  # kill it the moment its task's temporary file has data
+                # (not at the empty file of its clock probe: see Storage.now)
+                found = [n for n in names(tmp_dir) if n.startswith(mine) and _size(tmp_dir / n)]
                 if found:
                     os.kill(client.pid, signal.SIGKILL)
                     leftover = tmp_dir / found[0]
@@ -278,3 +279,10 @@ def test_jobs_info_and_purge_with_bad_result_files(lab):
     )
     assert run_cli("jobs", str(lab.path)).returncode == 0
     assert lab.queue.job(good[0].id).get_status() is JobStatus.FINISHED
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

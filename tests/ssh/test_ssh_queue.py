@@ -242,7 +242,8 @@ class CuttingProxy:
         self.connections = 0
         self.passed = 0  # bytes of the first connection in the counted direction, up to the cut
         self.cut = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         while True:
@@ -279,7 +280,14 @@ class CuttingProxy:
             s.close()
 
     def close(self) -> None:
+        # close() alone does not wake a thread blocked in accept(): shutdown does.
+        # Left running, the acceptors kept later tests from being single-threaded.
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.server.close()
+        self._acceptor.join(10)
 
 
 def _submit_through(proxy: CuttingProxy, sshd: Sshd, qdir: Path) -> tuple[list[str], int]:
