@@ -24,7 +24,9 @@ JupyterLab sees it):
 - variables back: the cell's prompt shows its number and the kernel is idle.
 
 The same is measured for ``%%fsq --no-wait`` cells (the cell returns at once;
-the next one is typed after the job ends). Between cells the script pauses
+the next one is typed after the job ends), and for the same cell without
+``%%fsq`` (JupyterLab's and the kernel's own share: the toolbar's "idle" comes
+~150 ms after the prompt's number even for ``z = time.time()``). Between cells the script pauses
 (``--pause``) so the worker is idle, as between a person's cells. It also
 prints the median ``import fs_task_queue`` time over 10 fresh interpreters.
 
