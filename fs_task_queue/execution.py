@@ -52,6 +52,8 @@ class Shell(Protocol):
     id: str
     grace: float
     jobs_done: int
+    #: Runs lost with their worker after which a task is failed (see recovery.lose_task).
+    max_lost: int
 
     @property
     def claimer(self) -> Claimer:
