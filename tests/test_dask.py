@@ -313,3 +313,18 @@ def test_bad_dask_options_say_what_to_do(queue, client):
         DaskWorker(queue, in_flight_per_thread=0)
     with pytest.raises(ValueError, match="dask runs the tasks"):
         DaskWorker(queue, isolation="none")
+
+
+def test_the_dask_notebook_runs(tmp_path):
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    notebook = Path(__file__).parent.parent / "notebooks" / "dask.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    assert not any(cell.get("outputs") for cell in nb.cells), "commit the notebook without outputs"
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    text = "\n".join(
+        o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
+    )
+    assert "[0, 1, 4, 9, 16" in text and "squaring 3" in text and "this task fails on purpose" in text, text
