@@ -115,3 +115,20 @@ def test_the_worker_shell_runs_any_executor_and_stops_it_when_its_heartbeat_goes
     assert not thread.is_alive() and worker.jobs_done == 5
     assert executor.stopped and "deleted" in executor.stopped[0]
     wait_for(lambda: not queue.workers(), what="the worker to unregister")
+
+
+def test_a_claimer_dropped_without_close_leaves_no_lock_descriptor_for_forks_to_close(queue):
+    import gc
+
+    from fs_task_queue import liveness
+    from fs_task_queue.queue import Claimer
+
+    claimer = Claimer(queue, "dropped")
+    claimer.register()
+    fd = claimer._lock._lock._context.lock_file_fd  # type: ignore[union-attr]
+    assert fd in liveness._held_fds
+    del claimer
+    gc.collect()
+    # Its number is free again and goes to the next descriptor opened, which a
+    # forked child (a task process) must not close as if it were the lock.
+    assert fd not in liveness._held_fds
