@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fs_task_queue._version import __version__
 from fs_task_queue.errors import FSQError
@@ -120,6 +120,19 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
         " kernel go with it, even when it is killed",
     )  # fmt: skip
     parser.add_argument(
+        "--dask", nargs="?", const="", metavar="SCHEDULER_ADDRESS",
+        help="send the tasks to a dask cluster (DaskWorker) at this scheduler address; without one, dask's"
+        " scheduler-address config, else a LocalCluster started here (needs pip install 'fs-task-queue[dask]')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-class", metavar="MODULE.CLASS",
+        help="the worker class to run, e.g. fs_task_queue.plugins.dask.DaskWorker (default: fs_task_queue.Worker)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--in-flight-per-thread", type=float, metavar="N",
+        help="with --dask: claimed-but-unfinished tasks per dask thread (default: 2)",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: INFO)"
     )
 
@@ -135,8 +148,8 @@ def _run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    worker = Worker(
-        Queue(args.path),
+    worker_class: type[Worker] = _worker_class(args)
+    options: dict[str, Any] = dict(
         name=args.name,
         burst=args.burst,
         max_jobs=args.max_jobs,
@@ -144,19 +157,53 @@ def _run_worker(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         poll_interval=args.poll_interval,
         max_poll_interval=args.max_poll_interval,
-        isolation=args.isolation,
         timeout=args.timeout,
         grace=args.grace,
-        max_tasks_per_child=args.max_tasks_per_child,
-        memory_limit=args.memory_limit,
         dead_after=args.dead_after,
         max_lost=args.max_lost,
         recover_interval=args.recover_interval,
     )
+    if worker_class is Worker or args.isolation != "process":
+        options.update(isolation=args.isolation)
+    if args.max_tasks_per_child is not None or args.memory_limit is not None:
+        options.update(max_tasks_per_child=args.max_tasks_per_child, memory_limit=args.memory_limit)
+    if args.dask:
+        options["address"] = args.dask
+    if args.in_flight_per_thread is not None:
+        options["in_flight_per_thread"] = args.in_flight_per_thread
+    worker = worker_class(Queue(args.path), **options)
     if args.parent_pid is not None:
         _stop_with_parent(worker, args.parent_pid)
     worker.run()
     return 0
+
+
+def _worker_class(args: argparse.Namespace) -> type[Worker]:
+    """The class --worker-class or --dask names (default: Worker)."""
+    import importlib
+
+    from fs_task_queue.worker import Worker
+
+    spec = args.worker_class
+    if spec is None and args.dask is not None:
+        spec = "fs_task_queue.plugins.dask.DaskWorker"
+    if spec is None:
+        if args.in_flight_per_thread is not None:
+            raise ValueError("--in-flight-per-thread applies to dask workers: add --dask [SCHEDULER_ADDRESS]")
+        return Worker
+    module_name, _, class_name = spec.replace(":", ".").rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name) if module_name else None
+    except ImportError as exc:
+        raise ValueError(f"--worker-class {spec}: cannot import {module_name} ({exc})") from None
+    except AttributeError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Worker)):
+        raise ValueError(
+            f"--worker-class {spec}: not a worker class; give MODULE.CLASS of a subclass of fs_task_queue.Worker,"
+            " e.g. fs_task_queue.plugins.dask.DaskWorker"
+        )
+    return cls
 
 
 def _stop_with_parent(worker: Worker, pid: int) -> None:

@@ -488,16 +488,41 @@ class Job:
 
     # -------------------------------------------------------------- running
     def __call__(self) -> Any:
-        """Run a job claimed with :meth:`Queue.dequeue` in this process and record its outcome.
+        """Run the job in this process, record its outcome and return its result (None if it failed).
 
-        Returns the result or raises the job's error, like :meth:`wait`.
+        A job claimed with :meth:`Queue.dequeue` runs at once; a queued job
+        (``queue.enqueue(f)()``) is claimed first. A failing task does not
+        raise: its error is recorded in the job (:meth:`exception`, :attr:`result`),
+        so a ``while True: queue.dequeue()()`` loop goes on, as in 0.1.9.
         """
-        if self._claimed_by is None or self._name is None:
-            raise FSQError(f"job {self.id} is not claimed by this process: claim jobs with queue.dequeue()")
-        from fs_task_queue.execute import run_claimed
+        if self._claimed_by is None:
+            self._claim_here()
+        if self._claimed_by is not None:
+            from fs_task_queue.execute import run_claimed  # worker code, needed only here
 
-        run_claimed(self)
-        return self.wait(0)
+            run_claimed(self)
+            self._claimed_by = None  # ran: calling it again gives the outcome, never a second run
+        outcome = self._load_outcome()
+        if outcome is None or outcome.status is not JobStatus.FINISHED:
+            return None
+        return outcome.value()
+
+    def _claim_here(self) -> None:
+        """Claim this job for :meth:`__call__`, unless it is done; FSQError if a worker runs it."""
+        if self._load_outcome() is not None:
+            return  # done already: the outcome is what calling it gives
+        self._resolve()
+        claimed = self.queue._own_claimer().claim_named(self._name) if self._name is not None else None
+        if claimed is not None:
+            self._claimed_by, self._seen_in = claimed._claimed_by, claimed._claimed_by
+            return
+        if self._load_outcome() is None:
+            self._name = None  # look again: claimed, or delayed for a retry
+            self._resolve()
+            where = f"worker {self.worker}" if self.get_status() is JobStatus.STARTED else "the queue (delayed retry)"
+            raise FSQError(
+                f"job {self.id} cannot run here: it is held by {where}. Wait for it with job.wait(), or cancel it first"
+            )
 
     def __repr__(self) -> str:
         status = self._outcome.status.value if self._outcome else None

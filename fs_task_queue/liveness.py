@@ -118,6 +118,15 @@ class AliveLock:
             if fd is not None:
                 _held_fds.add(fd)
 
+    def __del__(self) -> None:
+        # Dropped without release() (a dequeue() claimer whose Queue was
+        # collected): filelock closes the descriptor next, and its number would
+        # be reused. Left in _held_fds, a later fork's child would close that
+        # reused descriptor (a pipe, a storage folder) instead of the lock.
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            _held_fds.discard(lock._context.lock_file_fd or -1)
+
     def release(self, remove: bool = False) -> None:
         if self._lock is not None:
             _held_fds.discard(self._lock._context.lock_file_fd or -1)

@@ -777,15 +777,7 @@ class Queue:
         Waits up to ``timeout`` seconds (None: forever) and raises TimeoutError
         when no task came. This is the building block of custom workers.
         """
-        if self._claimer is None or (worker_id is not None and self._claimer.worker_id != worker_id):
-            if self._claimer is not None:
-                self._claimer.close()
-            self._claimer = Claimer(self, worker_id or default_worker_id())
-            # A process that claimed and then exits must unregister, or its
-            # heartbeat file stays: `info` would show a phantom worker and every
-            # worker would "recover" it. (A killed process is recovered as dead.)
-            atexit.register(_close_at_exit, weakref.ref(self._claimer), os.getpid())
-        claimer = self._claimer
+        claimer = self._own_claimer(worker_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         watcher = self._watcher(layout.QUEUED)
         while True:
@@ -796,6 +788,18 @@ class Queue:
             if left is not None and left <= 0:
                 raise TimeoutError(f"no task arrived in {self.path} within {timeout} s")
             watcher.wait(left)
+
+    def _own_claimer(self, worker_id: str | None = None) -> Claimer:
+        """This process's claimer for :meth:`dequeue` and ``job()`` (made on first use)."""
+        if self._claimer is None or (worker_id is not None and self._claimer.worker_id != worker_id):
+            if self._claimer is not None:
+                self._claimer.close()
+            self._claimer = Claimer(self, worker_id or default_worker_id())
+            # A process that claimed and then exits must unregister, or its
+            # heartbeat file stays: `info` would show a phantom worker and every
+            # worker would "recover" it. (A killed process is recovered as dead.)
+            atexit.register(_close_at_exit, weakref.ref(self._claimer), os.getpid())
+        return self._claimer
 
     def executor(self, **options: Any) -> QueueExecutor:
         """A :class:`concurrent.futures.Executor` that runs submissions on this queue."""
@@ -992,6 +996,22 @@ class Claimer:
                 continue
             return Job(self.queue, job_id, name=name, claimed_by=self.worker_id)
         return None
+
+    def claim_named(self, name: str) -> Job | None:
+        """Claim the queued task file ``name`` (one job, e.g. to run it in place); None if it is not queued."""
+        if self._lock is None and not self._held_elsewhere:
+            self.register()
+        storage = self.queue.storage
+        claimed = layout.claimed_path(self.worker_id, name)
+        try:
+            storage.rename(layout.queued_path(name), claimed)
+        except FileNotFoundError:
+            return None  # claimed by a worker, delayed, or done
+        job_id = job_id_of(name)
+        if storage.exists(layout.result_path(job_id)) and self.queue._has_outcome(job_id):
+            _remove_quietly(storage, claimed)  # canceled while queued: never run it
+            return None
+        return Job(self.queue, job_id, name=name, claimed_by=self.worker_id)
 
     def _quarantine_foreign(self, path: str) -> None:
         # A name no client would write (``path`` is under queued/): move it

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
 from fs_task_queue.errors import CorruptFileError, SymlinkInQueueError, WorkerLostError
-from fs_task_queue.execute import attempt_record, commit, failed, quarantine, read_task, release, requeue
+from fs_task_queue.execute import Task, attempt_record, commit, failed, quarantine, read_task, release, requeue
 from fs_task_queue.ids import is_worker_id, job_id_of
 from fs_task_queue.job import Job
 from fs_task_queue.liveness import HostIdentity, probe_alive_lock
@@ -36,7 +36,7 @@ from fs_task_queue.status import JobStatus
 if TYPE_CHECKING:
     from fs_task_queue.queue import Queue
 
-__all__ = ["DEFAULT_DEAD_AFTER", "DEFAULT_MAX_LOST", "Recoverer"]
+__all__ = ["DEFAULT_DEAD_AFTER", "DEFAULT_MAX_LOST", "Recoverer", "lose_task"]
 
 log = logging.getLogger("fs_task_queue.recovery")
 
@@ -191,24 +191,7 @@ class Recoverer:
         except CorruptFileError as exc:
             quarantine(job, exc)
             return job.id
-        lost = int(task.header.get("lost", 0)) + 1
-        history = [*task.header.get("hist", []), {**attempt_record(task, dead, None, "worker lost"), "host": host}]
-        if lost >= self.max_lost:
-            error = WorkerLostError(
-                f"job {job.id} was running on workers that died {lost} times (last: {dead} on {host});"
-                " it was failed so it cannot loop forever: find out what kills the worker (memory,"
-                " walltime, a crash in native code), then requeue it",
-                job.id,
-            )
-            result = failed(error, kind="lost")
-            result.started = result.ended = time.time()
-            task.header.update(lost=lost, hist=history)
-            commit(job, task, result, worker=dead)
-            log.error("job %s failed: worker lost %d times", job.id, lost)
-        else:
-            attempt = int(task.header.get("attempt", 1)) + 1
-            requeue(job, task, {"lost": lost, "attempt": attempt, "hist": history})
-            log.warning("job %s re-queued (worker %s lost, attempt %d next)", job.id, dead, attempt)
+        lose_task(job, task, worker=dead, host=host, max_lost=self.max_lost)
         return job.id
 
     def _forget(self, worker_id: str) -> None:
@@ -225,3 +208,34 @@ class Recoverer:
             except FileNotFoundError:
                 pass
         storage.remove_tree(layout.claimed_dir(worker_id))
+
+
+def lose_task(
+    job: Job, task: Task, *, worker: str, host: str | None, max_lost: int, what: str = "workers that died"
+) -> bool:
+    """Settle a claimed task whose run was lost with its worker; True if it was failed.
+
+    The one capped policy for every kind of lost run (a dead worker here, a
+    dead dask worker under DaskWorker): re-queued with its lost count raised,
+    or failed with WorkerLostError once that count reaches ``max_lost``, so a
+    task that kills whatever runs it cannot loop forever.
+    """
+    lost = int(task.header.get("lost", 0)) + 1
+    history = [*task.header.get("hist", []), {**attempt_record(task, worker, None, "worker lost"), "host": host}]
+    if lost >= max_lost:
+        error = WorkerLostError(
+            f"job {job.id} was running on {what} {lost} times (last: {worker} on {host});"
+            " it was failed so it cannot loop forever: find out what kills the worker (memory,"
+            " walltime, a crash in native code), then requeue it",
+            job.id,
+        )
+        result = failed(error, kind="lost")
+        result.started = result.ended = time.time()
+        task.header.update(lost=lost, hist=history)
+        commit(job, task, result, worker=worker)
+        log.error("job %s failed: worker lost %d times", job.id, lost)
+        return True
+    attempt = int(task.header.get("attempt", 1)) + 1
+    requeue(job, task, {"lost": lost, "attempt": attempt, "hist": history})
+    log.warning("job %s re-queued (worker %s lost, attempt %d next)", job.id, worker, attempt)
+    return False

@@ -5,6 +5,11 @@ goes to ``jobs/<id>/stdout`` and ``stderr`` (written through, so readable while
 the task runs) and :func:`progress` writes ``jobs/<id>/progress``. The job folder
 is created only when the task first writes output or progress, so a silent task
 costs no extra filesystem operations.
+
+The running task is held in a context variable and ``sys.stdout``/``sys.stderr``
+are replaced once by streams that route each write to the writer's task, so
+several tasks can run in one process (threads, as dask runs them) without
+mixing their output or progress.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
@@ -31,24 +38,46 @@ __all__ = ["TaskContext", "check_job_file_name", "current_job", "progress", "wri
 log = logging.getLogger("fs_task_queue.worker")
 
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-_current: TaskContext | None = None
+
+#: The task this code runs in. A context variable, not a global: an executor
+#: that runs several tasks at once in threads (DaskWorker) gives each its own.
+_current: ContextVar[TaskContext | None] = ContextVar("fs_task_queue_task", default=None)
+#: The tasks running in this process now (replaced whole, never mutated: read without a lock).
+_running: tuple[TaskContext, ...] = ()
+_running_lock = threading.Lock()
 
 #: Progress is written at most this often (seconds); the last report is always kept.
 PROGRESS_INTERVAL = 0.2
 
 
-class _LogStream(io.TextIOBase):
-    """A text stream that appends to a file of the running job, opened on the first write.
+def _context() -> TaskContext | None:
+    """The task the calling code belongs to.
 
-    One pair serves every task a process runs (made once: a stream costs more
-    to create than a no-op task takes to run); :meth:`release` ends a task's use.
+    A thread that a task started begins with an empty context: while that task
+    is the only one running in this process (every executor but DaskWorker's
+    threads) the thread's output and progress are still the task's, as before
+    tasks could share a process.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        running = _running
+        if len(running) == 1:
+            return running[0]
+    return ctx
+
+
+class _TaskStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` while tasks run: each write goes to the file of the writer's task.
+
+    Installed once per process (a stream costs more to create than a no-op
+    task takes to run) and left in place; writes from outside any task go to
+    the stream it replaced.
     """
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self._name = name
-        self._fd = -1
-        self._owner: TaskContext | None = None
+        self.fallback: Any = None
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -63,52 +92,50 @@ class _LogStream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not text:
             return 0
-        ctx = _current
-        if self._owner is not ctx:  # a task run inside a task, or one just ended
-            self.release()
-        if self._fd < 0:
-            if ctx is None:  # written to after its task ended (a thread left behind)
-                return sys.__stderr__.write(text) if sys.__stderr__ is not None else len(text)
-            if ctx.refused:
-                return len(text)  # its job folder is a symlink: the output goes nowhere
-            try:
-                self._fd = ctx.open_output(self._name)
-            except SymlinkInQueueError as exc:
-                ctx.refuse(exc)
-                return len(text)
-            self._owner = ctx
-        os.write(self._fd, text.encode("utf-8", "replace"))
-        return len(text)
+        ctx = _context()
+        if ctx is None:  # not a task's (a thread left behind by one, or the worker itself)
+            fallback = self.fallback
+            return int(fallback.write(text)) if fallback is not None else len(text)
+        return ctx.write_output(self._name, text)
 
-    def release(self) -> None:
-        self._owner = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    def flush(self) -> None:
+        if _context() is None and self.fallback is not None:
+            self.fallback.flush()
+
+    def install(self) -> None:
+        current = getattr(sys, self._name)
+        if current is not self:
+            # Re-installed when something replaced it since (pytest's capture, a notebook).
+            self.fallback = current
+            setattr(sys, self._name, self)
 
 
-_STDOUT, _STDERR = _LogStream("stdout"), _LogStream("stderr")
+_STDOUT, _STDERR = _TaskStream("stdout"), _TaskStream("stderr")
 
 
 class _Activation:
     """The context manager returned by :meth:`TaskContext.activate` (a class: cheaper than a generator)."""
 
-    __slots__ = ("_ctx", "_saved")
+    __slots__ = ("_ctx", "_token")
 
     def __init__(self, ctx: TaskContext) -> None:
         self._ctx = ctx
 
     def __enter__(self) -> TaskContext:
-        global _current
-        self._saved = _current, sys.stdout, sys.stderr
-        _current, sys.stdout, sys.stderr = self._ctx, _STDOUT, _STDERR
+        global _running
+        self._token = _current.set(self._ctx)
+        with _running_lock:
+            _running = (*_running, self._ctx)
+        _STDOUT.install()
+        _STDERR.install()
         return self._ctx
 
     def __exit__(self, *exc: object) -> None:
-        global _current
-        _current, sys.stdout, sys.stderr = self._saved
-        _STDOUT.release()
-        _STDERR.release()
+        global _running
+        with _running_lock:
+            _running = tuple(ctx for ctx in _running if ctx is not self._ctx)
+        _current.reset(self._token)
+        self._ctx.close_outputs()
         try:
             self._ctx.flush()
         except OSError:
@@ -129,6 +156,8 @@ class TaskContext:
         self._last_write = 0.0
         self._pending: dict[str, Any] | None = None
         self._job: Job | None = None
+        self._fds: dict[str, int] = {}
+        self._fd_lock = threading.Lock()
 
     def file_path(self, name: str) -> str:
         """OS path of a file in the job folder (created on first use)."""
@@ -151,6 +180,30 @@ class TaskContext:
             # planted as a symlink must not receive (or redirect) the output.
             return storage.open_append(layout.job_file(self.job_id, name))
         return os.open(self.file_path(name), _APPEND, self.file_mode)
+
+    def write_output(self, name: str, text: str) -> int:
+        """Append ``text`` to ``jobs/<id>/<name>`` (stdout or stderr), opening it on the first write."""
+        fd = self._fds.get(name)
+        if fd is None:
+            if self.refused:
+                return len(text)  # its job folder is a symlink: the output goes nowhere
+            with self._fd_lock:  # the task's own threads may write at once
+                fd = self._fds.get(name)
+                if fd is None:
+                    try:
+                        fd = self._fds[name] = self.open_output(name)
+                    except SymlinkInQueueError as exc:
+                        self.refuse(exc)
+                        return len(text)
+        os.write(fd, text.encode("utf-8", "replace"))
+        return len(text)
+
+    def close_outputs(self) -> None:
+        """Close the output files (the task ended); a later write opens them again."""
+        with self._fd_lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
 
     def refuse(self, exc: SymlinkInQueueError) -> None:
         """Stop writing output and progress of this task, and say why once."""
@@ -200,7 +253,8 @@ class TaskContext:
 
 def current_job() -> Job | None:
     """The job this code runs in, or None outside a task."""
-    return _current.job if _current is not None else None
+    ctx = _context()
+    return ctx.job if ctx is not None else None
 
 
 _JOB_FILE_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}")
@@ -224,7 +278,7 @@ def write_job_file(name: str, data: bytes) -> bool:
     (``Job.read_file(name)`` reads it back), e.g. a notebook cell's outputs.
     """
     check_job_file_name(name)
-    ctx = _current
+    ctx = _context()
     if ctx is None or ctx.refused:
         return False
     try:
@@ -242,5 +296,6 @@ def progress(done: float, total: float | None = None, message: str | None = None
     :data:`PROGRESS_INTERVAL` seconds, and the last one is always kept. Outside
     a task it does nothing, so task functions also run as plain functions.
     """
-    if _current is not None:
-        _current.report(done, total, message)
+    ctx = _context()
+    if ctx is not None:
+        ctx.report(done, total, message)

@@ -472,8 +472,6 @@ def test_dequeue_times_out_when_empty(queue):
 def test_dequeue_and_run_in_process(queue):
     ok = queue.enqueue(operator.add, 2, 3)
     bad = queue.enqueue(divide, 1, 0)
-    with pytest.raises(FSQError):
-        queue.job(ok.id)()  # not claimed by this process
 
     first = queue.dequeue(timeout=5, worker_id="in-process")
     assert first.id == ok.id, "oldest first"
@@ -486,14 +484,51 @@ def test_dequeue_and_run_in_process(queue):
 
     second = queue.dequeue(timeout=5, worker_id="in-process")
     assert second.id == bad.id
-    with pytest.raises(ZeroDivisionError):
-        second()
+    # As in 0.1.9: the failure is recorded in the job and the call returns, so a loop goes on.
+    assert second() is None
     assert bad.get_status() is JobStatus.FAILED
     assert isinstance(bad.exception(), ZeroDivisionError)
+    with pytest.raises(ZeroDivisionError):
+        bad.wait(0)
+    assert first() == 5 and second() is None  # calling again gives the outcome, never a second run
 
     with pytest.raises(TimeoutError):
         queue.dequeue(timeout=0.1)
     assert queue.stats()["started"] == 0
+
+
+def test_a_0_1_9_worker_loop_survives_a_failing_task(queue):
+    jobs = [queue.enqueue(divide, 1, d) for d in (1, 0, 2)]
+    ran = []
+    while True:
+        try:
+            job = queue.dequeue(timeout=0.2)
+        except TimeoutError:
+            break
+        job()
+        ran.append(job.id)
+    assert ran == [j.id for j in jobs]
+    assert [j.get_status() for j in jobs] == [JobStatus.FINISHED, JobStatus.FAILED, JobStatus.FINISHED]
+    assert jobs[0].result == 1 and jobs[2].result == 0.5
+
+
+def test_calling_an_enqueued_job_claims_and_runs_it_in_place(queue, workers):
+    job = queue.enqueue(operator.add, 2, 3)
+    assert job() == 5  # no worker: this process claims it and runs it
+    assert job.get_status() is JobStatus.FINISHED and job.info().worker is not None
+    assert queue.job(job.id)() == 5  # done: the call gives its result, it does not run again
+    canceled = queue.enqueue(operator.add, 1, 1)
+    canceled.cancel()
+    assert canceled() is None and canceled.get_status() is JobStatus.CANCELED
+    # One held by a worker cannot run here too.
+    go = Path(queue.path).parent / "go"
+    held = queue.enqueue(wait_for_file, str(go))
+    workers.start(queue.path)
+    wait_for(lambda: held.get_status() is JobStatus.STARTED, what="a worker to start the job")
+    with pytest.raises(FSQError, match="held by worker"):
+        held()
+    go.touch()
+    assert held.wait(timeout=WAIT) is None
 
 
 def test_a_process_that_dequeued_and_exited_leaves_no_worker_behind(queue):
