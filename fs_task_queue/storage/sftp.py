@@ -60,7 +60,7 @@ from fs_task_queue.errors import HostKeyError, QueueError, RemoteConnectionError
 from fs_task_queue.serialize import python_version
 from fs_task_queue.storage import FileInfo, UserIds
 
-__all__ = ["SFTPStorage", "SSHOptions", "SSHTarget", "parse_ssh_url"]
+__all__ = ["RequestCounts", "SFTPStorage", "SSHOptions", "SSHTarget", "parse_ssh_url"]
 
 log = logging.getLogger("fs_task_queue.ssh")
 
@@ -613,6 +613,15 @@ class _Reply:
         return out
 
 
+@dataclass
+class RequestCounts:
+    """SFTP requests sent and round trips waited for by one storage (benchmarks and tests read them)."""
+
+    requests: int = 0
+    #: Waits for a flight of replies: one per stage of a batch, whatever its size.
+    round_trips: int = 0
+
+
 class _Pipe:
     """Requests in flight on one SFTPClient, each reply stored for its caller.
 
@@ -623,10 +632,11 @@ class _Pipe:
     paramiko itself means the connection broke (:class:`_Dropped`).
     """
 
-    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+    def __init__(self, sftp: paramiko.SFTPClient, counts: RequestCounts | None = None) -> None:
         self.sftp = sftp
         self._waiting: dict[int, tuple[_Reply, int]] = {}
         self._bytes = 0
+        self.counts = counts if counts is not None else RequestCounts()
 
     def send(self, t: int, *args: Any, size: int = 0) -> _Reply:
         reply = _Reply()
@@ -639,6 +649,7 @@ class _Pipe:
             raise _Dropped(exc) from exc
         self._waiting[num] = (reply, weight)
         self._bytes += weight
+        self.counts.requests += 1
         return reply
 
     def _async_response(self, t: int, msg: Message, num: int) -> None:
@@ -655,6 +666,8 @@ class _Pipe:
 
     def wait(self) -> None:
         """Read replies until every request sent has one."""
+        if self._waiting:
+            self.counts.round_trips += 1
         while self._waiting:
             self._read_one()
 
@@ -745,6 +758,8 @@ class SFTPStorage:
         self._counter = 0
         self._rand = os.urandom(4).hex()
         self._skew = 0.0  # server clock minus ours, learned by now()
+        #: SFTP requests and round trips made so far (what a benchmark or a test counts).
+        self.counts = RequestCounts()
 
     @classmethod
     def from_url(cls, url: str, options: SSHOptions | None = None, **kwargs: Any) -> SFTPStorage:
@@ -792,7 +807,7 @@ class SFTPStorage:
                     sftp = self._conn.sftp()
                     if self._root is None:
                         self._root = self._find_root(sftp)
-                    pipe = _Pipe(sftp)
+                    pipe = _Pipe(sftp, self.counts)
                     if attempt and after_drop is not None:
                         return after_drop(pipe)
                     return op(pipe)
