@@ -86,17 +86,17 @@ def snapshot(queue: Queue, jobs: Iterable[Job | str], *, progress: bool = True) 
         has_result = {j for j in undecided if storage.exists(layout.result_path(j))}
     else:
         has_result = set(queue._result_ids()).intersection(undecided)
+    # Each outcome is read once, all of them together (over SSH: a few round trips for all).
+    statuses = queue._result_statuses([j for j in undecided if j in has_result])
+    running = [j for j in undecided if statuses.get(j) is None and j in claimers]
+    reports = storage.read_many([layout.job_file(j, "progress") for j in running]) if progress and running else {}
     for job_id in undecided:
-        status = queue._result_status(job_id) if job_id in has_result else None
+        status = statuses.get(job_id)
         if status is not None:
             out[job_id] = JobState(job_id, status)
         elif job_id in claimers:
-            report = None
-            if progress:
-                try:
-                    report = parse_progress(storage.read(layout.job_file(job_id, "progress")))
-                except (FileNotFoundError, NotADirectoryError):
-                    pass
+            data = reports.get(layout.job_file(job_id, "progress"))
+            report = parse_progress(data) if isinstance(data, bytes) else None
             out[job_id] = JobState(job_id, JobStatus.STARTED, claimers[job_id], report)
         else:
             out[job_id] = JobState(job_id, JobStatus.QUEUED)

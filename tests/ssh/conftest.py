@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import cloudpickle
 import pytest
-from ssh_server import sshd
+from helpers import Workers, wait_for
+from ssh_server import Sshd, ssh_opts, sshd
+
+from fs_task_queue import Queue
+from fs_task_queue.plugins import SSHQueue
 
 __all__ = ["sshd"]
+
+
+@pytest.fixture
+def qdir(tmp_path: Path) -> Path:
+    return tmp_path / "cluster queue 'q'"  # spaces and quotes travel as names, never through a shell
+
+
+@pytest.fixture
+def local(qdir: Path) -> Queue:
+    return Queue(qdir)  # what the cluster side made
+
+
+@pytest.fixture
+def remote(sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
+    queue = SSHQueue(sshd.url(qdir), **ssh_opts(sshd))
+    try:
+        yield queue
+    finally:
+        queue.close()
+
+
+@pytest.fixture
+def worker(local: Queue, workers: Workers) -> str:
+    name = "cluster-worker"
+    proc = workers.start(local.path, "--name", name, "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
+    wait_for(lambda: proc.poll() is not None or any(w.id == name for w in local.workers()), what="the worker")
+    assert proc.poll() is None, workers.log(proc)
+    return name
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
