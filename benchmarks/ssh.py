@@ -193,7 +193,7 @@ def _until(predicate: Callable[[], bool], timeout: float = 300.0) -> None:
 
 def measure(sshd: Any, rtt_ms: float, tasks: int, runs: int, work: Path, options: dict[str, Any]) -> dict[str, Any]:
     """The figures at one added round trip (``options``: extra SSHQueue options, e.g. the mode)."""
-    qdir = work / f"queue-{rtt_ms:g}-{len(list(work.iterdir()))}"
+    qdir = work / f"queue-{rtt_ms:g}-{len(list(work.iterdir()))}"  # a fresh queue for each run
     local = Queue(qdir)
     proxy = DelayProxy(sshd.port, rtt_ms / 2000)
     ssh_opts = {**vars(sshd.options()), **options}
@@ -213,7 +213,10 @@ def measure(sshd: Any, rtt_ms: float, tasks: int, runs: int, work: Path, options
             queue.close()
         out["connect"] = statistics.median(connects)
         queue = SSHQueue(url, **ssh_opts)
+        # Helper mode is chosen in the background while the queue opens: wait until it is.
         out["mode"] = getattr(queue.storage, "mode", "sftp")
+        if out["mode"] != ("sftp" if options.get("helper") is False else "helper"):
+            raise SystemExit(f"wanted {options}, got {out['mode']}: {getattr(queue.storage, 'why_not_helper', '')}")
         counts = queue.storage.counts
         try:
             before = counts.round_trips
@@ -254,12 +257,41 @@ def measure(sshd: Any, rtt_ms: float, tasks: int, runs: int, work: Path, options
                 for i in range(runs):
                     queue.enqueue(operator.pos, i)
                 out["rt_per_task_alone"] = (counts.round_trips - before) / runs
+            out.update(_noticed(queue, local, runs))
             out.update(_poller(queue, local, runs=3))
         finally:
             queue.close()
     finally:
         proxy.close()
     return out
+
+
+def _noticed(queue: Queue, local: Queue, runs: int) -> dict[str, float]:
+    """How long after a job's outcome is committed (on the cluster side) a waiting client returns."""
+    delays = []
+    for i in range(runs):
+        job = queue.enqueue(operator.pos, i)
+        returned: list[float] = []
+
+        def wait(job: Any = job, returned: list[float] = returned) -> None:
+            job.wait(60)
+            returned.append(time.perf_counter())
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.3)  # the client has been waiting a while (a poll would have backed off)
+        while True:  # older tasks first (left by the runs above)
+            claimed = local.dequeue(timeout=10, worker_id="bench-runner")
+            claimed()  # runs it here and commits the outcome
+            committed = time.perf_counter()
+            if claimed.id == job.id:
+                break
+        waiter.join(60)
+        delays.append(returned[0] - committed)
+    if local._claimer is not None:
+        local._claimer.close()
+        local._claimer = None
+    return {"noticed_p50": _pct(delays, 0.5), "noticed_p95": _pct(delays, 0.95)}
 
 
 def _poller(queue: Queue, local: Queue, runs: int) -> dict[str, float]:
@@ -286,6 +318,7 @@ def _poller(queue: Queue, local: Queue, runs: int) -> dict[str, float]:
     assert started == 50, started
     if local._claimer is not None:
         local._claimer.close()
+        local._claimer = None
     return {
         "poll_requests": statistics.median(requests),
         "poll_round_trips": statistics.median(trips),
@@ -294,7 +327,6 @@ def _poller(queue: Queue, local: Queue, runs: int) -> dict[str, float]:
 
 
 ROWS = [
-    ("mode", "mode", "{}"),
     ("connect", "connect + login + open queue (s)", "{:.3f}"),
     ("submit", "submit {tasks} tasks, map (s)", "{:.3f}"),
     ("poll_queued", "status of {tasks} queued jobs (s)", "{:.3f}"),
@@ -302,6 +334,8 @@ ROWS = [
     ("poll_finished_again", "status of {tasks} finished jobs, again (s)", "{:.3f}"),
     ("wait_p50", "enqueue + wait, idle worker p50 (s)", "{:.3f}"),
     ("wait_p95", "enqueue + wait, idle worker p95 (s)", "{:.3f}"),
+    ("noticed_p50", "finished job noticed by a waiter p50 (s)", "{:.3f}"),
+    ("noticed_p95", "finished job noticed by a waiter p95 (s)", "{:.3f}"),
     ("rt_per_task_batch", "round trips per task (map)", "{:.4f}"),
     ("rt_per_task_alone", "round trips per task (enqueue)", "{:.2f}"),
     ("rt_per_wait", "round trips per enqueue + wait", "{:.1f}"),
@@ -312,7 +346,7 @@ ROWS = [
 
 
 def table(results: list[dict[str, Any]], tasks: int) -> str:
-    head = ["", *(f"+{r['rtt_ms']:g} ms RTT" for r in results)]
+    head = ["", *(f"{r['mode']} +{r['rtt_ms']:g} ms" for r in results)]
     lines = [head]
     for key, label, fmt in ROWS:
         lines.append([label.format(tasks=f"{tasks:,}"), *(fmt.format(r[key]) if key in r else "-" for r in results)])
@@ -332,6 +366,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=30, help="enqueue + wait repetitions")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--mode", action="append", choices=["sftp", "helper"], help="pure SFTP and/or the remote helper (default: both)"
+    )
     args = parser.parse_args(argv)
     from ssh_server import Sshd, require_sshd  # type: ignore[import-not-found]
 
@@ -345,8 +382,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raise SystemExit(str(exc)) from None
         sshd = Sshd(work / "sshd").start()
         try:
-            for rtt in args.rtt or [0.0, 20.0]:
-                results.append(measure(sshd, rtt, args.tasks, args.runs, work, {}))
+            for mode in args.mode or ["sftp", "helper"]:
+                # The helper runs as the workers would: this interpreter, which has fs-task-queue.
+                options = {"helper": False} if mode == "sftp" else {"remote_python": sys.executable}
+                for rtt in args.rtt or [0.0, 20.0]:
+                    results.append(measure(sshd, rtt, args.tasks, args.runs, work, options))
         finally:
             sshd.stop()
     print(table(results, args.tasks))

@@ -138,9 +138,9 @@ class Queue:
             file_mode, dir_mode = (0o660, 0o2770) if shared else (0o600, 0o700)
         if storage is None and isinstance(path, str) and path.startswith("ssh://"):
             # A queue on another machine, reached over SSH (paramiko, imported only now).
-            from fs_task_queue.storage.sftp import SFTPStorage
+            from fs_task_queue.storage.sftp import open_ssh_storage
 
-            storage = SFTPStorage.from_url(path, file_mode=file_mode, dir_mode=dir_mode)
+            storage = open_ssh_storage(path, file_mode=file_mode, dir_mode=dir_mode)
         elif storage is None:
             assert path is not None
             # "~/q" means the home directory, as the worker's `--path ~/q` does

@@ -62,7 +62,7 @@ from fs_task_queue.serialize import python_version
 from fs_task_queue.storage import FileInfo, UserIds
 from fs_task_queue.watch import DirWatcher
 
-__all__ = ["RequestCounts", "SFTPStorage", "SSHOptions", "SSHTarget", "parse_ssh_url"]
+__all__ = ["RequestCounts", "SFTPStorage", "SSHOptions", "SSHTarget", "open_ssh_storage", "parse_ssh_url"]
 
 log = logging.getLogger("fs_task_queue.ssh")
 
@@ -127,6 +127,15 @@ def parse_ssh_url(url: str) -> SSHTarget:
     return SSHTarget(host=host, path=path, user=user, password=password, port=port)
 
 
+def open_ssh_storage(url: str, options: SSHOptions | None = None, **kwargs: Any) -> SFTPStorage:
+    """The storage for an ``ssh://`` URL: with the remote helper unless ``options.helper`` is False."""
+    if options is not None and options.helper is False:
+        return SFTPStorage.from_url(url, options, **kwargs)
+    from fs_task_queue.storage.sshhelper import HelperStorage
+
+    return HelperStorage.from_url(url, options, **kwargs)
+
+
 def _env_flag(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -167,6 +176,12 @@ class SSHOptions:
     keepalive: float = 30.0
     #: Warn when the remote ``python3`` differs from this one (results may not unpickle).
     check_python: bool = True
+    #: Remote helper mode (``python -m fs_task_queue serve-stdio`` over one exec channel):
+    #: None uses it when the remote has fs-task-queue of the same protocol and format
+    #: (else pure SFTP, saying why), True requires it, False never starts it.
+    helper: bool | None = None
+    #: The remote interpreter that has fs-task-queue installed (a word or a path).
+    remote_python: str = "python3"
 
     def resolved(self) -> SSHOptions:
         keys = self.key_filename
