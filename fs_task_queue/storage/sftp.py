@@ -795,6 +795,11 @@ class SFTPStorage:
 
     # -------------------------------------------------------------- plumbing
     @property
+    def mode(self) -> str:
+        """How the queue is reached: ``"sftp"`` (a HelperStorage says ``"helper"`` while its helper serves)."""
+        return "sftp"
+
+    @property
     def connects(self) -> int:
         """How many times this storage has connected (reconnects after drops count)."""
         return self._conn.connects

@@ -27,9 +27,31 @@ def local(qdir: Path) -> Queue:
     return Queue(qdir)  # what the cluster side made
 
 
+#: How each mode is asked for. The helper runs with this interpreter, which has
+#: fs-task-queue installed (the sshd's python3 has not): as on a cluster whose
+#: workers' environment is not the login shell's default.
+MODES = {"sftp": {"helper": False}, "helper": {"helper": True, "remote_python": sys.executable}}
+
+
+def open_remote(sshd: Sshd, qdir: Path, mode: str) -> SSHQueue:
+    queue = SSHQueue(sshd.url(qdir), **ssh_opts(sshd, **MODES[mode]))
+    assert queue.storage.mode == mode  # type: ignore[attr-defined]
+    return queue
+
+
+@pytest.fixture(params=list(MODES))
+def remote(request: pytest.FixtureRequest, sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
+    """The queue through SSH, in each mode: pure SFTP, and the remote helper."""
+    queue = open_remote(sshd, qdir, request.param)
+    try:
+        yield queue
+    finally:
+        queue.close()
+
+
 @pytest.fixture
-def remote(sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
-    queue = SSHQueue(sshd.url(qdir), **ssh_opts(sshd))
+def remote_sftp(sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
+    queue = open_remote(sshd, qdir, "sftp")
     try:
         yield queue
     finally:

@@ -49,7 +49,8 @@ def _options(queue: SSHQueue) -> dict[str, object]:
     return dict(vars(queue.storage.options))  # type: ignore[attr-defined]
 
 
-def test_an_enqueue_is_three_round_trips_even_into_a_new_shard(remote: SSHQueue) -> None:
+def test_an_enqueue_is_three_round_trips_even_into_a_new_shard(remote_sftp: SSHQueue) -> None:
+    remote = remote_sftp
     remote.enqueue(operator.pos, 0)  # connected, queue checked, clock measured
     counts = remote.storage.counts  # type: ignore[attr-defined]
     for i in range(3):

@@ -50,7 +50,7 @@ def test_delay_proxy_forwards_both_ways_and_closes() -> None:
 
 def test_benchmark_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     results = bench.main(["--rtt", "0", "--rtt", "4", "--tasks", "20", "--runs", "2"])
-    assert [r["rtt_ms"] for r in results] == [0, 4]
+    assert [(r["mode"], r["rtt_ms"]) for r in results] == [("sftp", 0), ("sftp", 4), ("helper", 0), ("helper", 4)]
     printed = capsys.readouterr().out
     for key, label, _ in bench.ROWS:
         assert all(key in r for r in results), key

@@ -23,6 +23,7 @@ from ssh_server import ssh_opts as _opts
 
 from fs_task_queue import HostKeyError, JobStatus, Queue, QueueError, RemoteConnectionError, RemoteError, progress
 from fs_task_queue.plugins import SSHQueue
+from fs_task_queue.storage.sftp import SFTPStorage
 
 
 def shout(text: str) -> str:
@@ -88,7 +89,7 @@ def test_executor_over_ssh(remote: SSHQueue, worker: str) -> None:
 def test_queue_url_and_cancel(sshd: Sshd, qdir: Path, local: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
     _env_for_cli(sshd, monkeypatch)
     with Queue(sshd.url(qdir)) as queue:  # picked by the URL
-        assert type(queue.storage).__name__ == "SFTPStorage"
+        assert isinstance(queue.storage, SFTPStorage)
         job = queue.enqueue(operator.add, 2, 2)
         assert job.get_status() is JobStatus.QUEUED
         assert job.cancel()
