@@ -180,8 +180,9 @@ class SSHOptions:
     #: None uses it when the remote has fs-task-queue of the same protocol and format
     #: (else pure SFTP, saying why), True requires it, False never starts it.
     helper: bool | None = None
-    #: The remote interpreter that has fs-task-queue installed (a word or a path).
-    remote_python: str = "python3"
+    #: The remote interpreter that has fs-task-queue installed (a word or a path);
+    #: unset: ``FSQ_SSH_REMOTE_PYTHON``, else ``python3``.
+    remote_python: str | None = None
 
     def resolved(self) -> SSHOptions:
         keys = self.key_filename
@@ -192,6 +193,7 @@ class SSHOptions:
             passphrase = os.environ.get("PARAMIKO_SSH_PASSPHRASE") or None
         return replace(
             self,
+            remote_python=self.remote_python or os.environ.get("FSQ_SSH_REMOTE_PYTHON") or "python3",
             key_filename=keys,
             passphrase=passphrase,
             allow_agent=(

@@ -190,6 +190,10 @@ class HelperStorage(SFTPStorage):
         """Why the helper is not in use (None when it is, or has not been tried)."""
         return self._why_not
 
+    @property
+    def _python(self) -> str:
+        return str(self._conn.options.remote_python)  # resolved: the option, FSQ_SSH_REMOTE_PYTHON, or python3
+
     def _live(self) -> _Helper | None:
         helper = self._helper
         return helper if helper is not None and helper.dead is None else None
@@ -227,7 +231,7 @@ class HelperStorage(SFTPStorage):
                 raise _Gone("not connected")
             transport = clients[-1].get_transport()
             channel = transport.open_session(timeout=self.options.timeout)
-            command = shlex.join([self.options.remote_python, "-m", "fs_task_queue", "serve-stdio", self.root])
+            command = shlex.join([self._python, "-m", "fs_task_queue", "serve-stdio", self.root])
             channel.exec_command(command)
             helper = _Helper(channel, self._pushed, self.counts)
             channel.settimeout(self.options.timeout)
@@ -240,9 +244,7 @@ class HelperStorage(SFTPStorage):
                     while channel.recv_stderr_ready():
                         err += channel.recv_stderr(4096)
                 detail = err.decode("utf-8", "replace").strip().splitlines()
-                raise _Gone(
-                    f"{self.options.remote_python} -m fs_task_queue failed there ({detail[-1] if detail else exc})"
-                ) from None
+                raise _Gone(f"{self._python} -m fs_task_queue failed there ({detail[-1] if detail else exc})") from None
             channel.settimeout(None)
             self._check_hello(hello)
             helper.start_reading()
