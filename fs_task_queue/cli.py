@@ -509,6 +509,13 @@ def _add_sweep(sub: _Commands[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_sweep)
 
 
+def _add_serve_stdio(sub: _Commands[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve-stdio", help="serve a queue to an SSH client on stdin/stdout (started by SSHQueue)",
+        description="The remote end of SSHQueue's helper mode: JSON requests on stdin, replies on stdout.")  # fmt: skip
+    p.add_argument("path", help="queue directory (on this machine)")
+    p.set_defaults(func=lambda args: __import__("fs_task_queue.serve_stdio").serve_stdio.serve(args.path))
+
+
 def _add_demo(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run a small end-to-end demo", description=(
         "Create a temporary queue, start real worker processes, submit tasks (a lambda, a"
@@ -530,6 +537,7 @@ _COMMANDS = {
     "stop-worker": _add_stop_worker,
     "sweep": _add_sweep,
     "demo": _add_demo,
+    "serve-stdio": _add_serve_stdio,
 }
 
 

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from fs_task_queue import layout
 from fs_task_queue.errors import FSQError
 from fs_task_queue.status import JobStatus
-from fs_task_queue.watch import DirWatcher
 
 if TYPE_CHECKING:
     from fs_task_queue.job import Job
@@ -179,7 +178,7 @@ class QueueExecutor(Executor):
             future.set_result(value)
 
     def _watch(self) -> None:
-        with DirWatcher([self.queue.storage.local_path(layout.RESULTS)]) as watcher:
+        with self.queue.storage.watcher(layout.RESULTS) as watcher:
             while True:
                 with self._lock:
                     pending = list(self._pending)

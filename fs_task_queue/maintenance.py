@@ -122,14 +122,13 @@ def purge(queue: Queue, older_than: float, statuses: set[JobStatus] | None = Non
     now = time.time()
     done: list[str] = []
     bad: list[str] = []
-    for job_id in queue._result_ids():
-        try:
-            age = now - storage.stat(layout.result_path(job_id)).mtime
-        except FileNotFoundError:
-            continue
-        if age < older_than:
-            continue
-        status = queue._result_status(job_id)
+    # Looked at, read and deleted in batches (over SSH a few round trips in all, not several per job).
+    ids = queue._result_ids()
+    infos = storage.stat_many([layout.result_path(job_id) for job_id in ids])
+    old = [
+        job_id for job_id, info in zip(ids, infos, strict=True) if info is not None and now - info.mtime >= older_than
+    ]
+    for job_id, status in queue._result_statuses(old).items():
         if status is None:
             if storage.exists(layout.result_path(job_id)):
                 bad.append(job_id)
@@ -151,17 +150,15 @@ def purge(queue: Queue, older_than: float, statuses: set[JobStatus] | None = Non
             f" has not let go yet): {' '.join(running)}; purge again later"
         )
     removed_bad = []
-    for job_id in done + bad:
-        if job_id in live:
+    gone = [job_id for job_id in done + bad if job_id not in live]
+    storage.remove_trees([layout.job_dir(job_id) for job_id in gone])
+    storage.remove_many([kept[job_id] for job_id in gone if job_id in kept and job_id not in bad])
+    errors = storage.remove_many([layout.result_path(job_id) for job_id in gone])
+    for job_id, error in zip(gone, errors, strict=True):
+        if isinstance(error, FileNotFoundError):
             continue
-        storage.remove_tree(layout.job_dir(job_id))
-        if job_id in kept and job_id not in bad:
-            with contextlib.suppress(FileNotFoundError):
-                storage.remove(kept[job_id])
-        try:
-            storage.remove(layout.result_path(job_id))
-        except FileNotFoundError:
-            continue
+        if error is not None:
+            raise error
         queue._status_cache.pop(job_id, None)
         if job_id in bad:
             removed_bad.append(job_id)

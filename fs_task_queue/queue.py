@@ -139,9 +139,9 @@ class Queue:
             file_mode, dir_mode = (0o660, 0o2770) if shared else (0o600, 0o700)
         if storage is None and isinstance(path, str) and path.startswith("ssh://"):
             # A queue on another machine, reached over SSH (paramiko, imported only now).
-            from fs_task_queue.storage.sftp import SFTPStorage
+            from fs_task_queue.storage.sftp import open_ssh_storage
 
-            storage = SFTPStorage.from_url(path, file_mode=file_mode, dir_mode=dir_mode)
+            storage = open_ssh_storage(path, file_mode=file_mode, dir_mode=dir_mode)
         elif storage is None:
             assert path is not None
             # "~/q" means the home directory, as the worker's `--path ~/q` does
@@ -197,7 +197,7 @@ class Queue:
         watcher: DirWatcher | None = getattr(self._watchers, directory, None)
         if watcher is None:
             # queued/ holds its tasks in shard folders: watch those too.
-            watcher = DirWatcher([self.storage.local_path(directory)], nested=directory == layout.QUEUED)
+            watcher = self.storage.watcher(directory, nested=directory == layout.QUEUED)
             setattr(self._watchers, directory, watcher)
         watcher.reset()
         return watcher
@@ -593,8 +593,9 @@ class Queue:
         results = self._result_ids() if wanted is None or wanted.is_done else None
         out += [Job(self, job_id_of(n), name=n) for n in self._running(claimed, results)]
         if results is not None:
+            statuses = self._result_statuses(results) if wanted is not None else {}
             for job_id in sorted(results):
-                if wanted is None or self._result_status(job_id) is wanted:
+                if wanted is None or statuses[job_id] is wanted:
                     out.append(Job(self, job_id))
         return out
 
@@ -607,8 +608,7 @@ class Queue:
         results = self._result_ids()
         counts[JobStatus.STARTED.value] = len(self._running(claimed, results))
         counts["unreadable"] = 0  # result files that fail verification (see `fs-task-queue purge`)
-        for job_id in results:
-            status = self._result_status(job_id)
+        for job_id, status in self._result_statuses(results).items():
             if status is not None:
                 counts[status.value] += 1
             elif self.storage.exists(layout.result_path(job_id)):
@@ -707,16 +707,28 @@ class Queue:
         return [r for r in self._list(layout.RESULTS) if not r.startswith(".") and ".tmp" not in r]
 
     def _result_status(self, job_id: str) -> JobStatus | None:
-        status = self._status_cache.get(job_id)
-        if status is None:
+        return self._result_statuses([job_id])[job_id]
+
+    def _result_statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
+        """The outcome status of each job (None: no readable result), its result files read in one batch."""
+        out: dict[str, JobStatus | None] = {}
+        for job_id in job_ids:
+            out[job_id] = self._status_cache.get(job_id)
+        todo = [job_id for job_id, status in out.items() if status is None]
+        if not todo:
+            return out
+        found = self.storage.read_many([layout.result_path(job_id) for job_id in todo])
+        for job_id in todo:
+            data = found[layout.result_path(job_id)]
+            if isinstance(data, OSError):
+                continue
             try:
-                data = self.storage.read(layout.result_path(job_id))
-                status = Outcome.parse(self, job_id, data).status
-            except (OSError, CorruptFileError):
-                return None
+                status = out[job_id] = Outcome.parse(self, job_id, data).status
+            except CorruptFileError:
+                continue
             if status is not JobStatus.FAILED:  # failed jobs can be requeued
                 self._status_cache[job_id] = status
-        return status
+        return out
 
     def _has_outcome(self, job_id: str) -> bool:
         """Whether ``results/<job_id>``, known to exist, is a valid outcome; a bad one is quarantined.

@@ -105,10 +105,12 @@ def parse_progress(data: bytes) -> Progress | None:
         return None
 
 
-def _ended_state(queue: Queue, job_id: str) -> JobState | None:
-    """A done job's state from its result file (None if it has no valid one); final ones are remembered."""
+def _ended_state(queue: Queue, job_id: str, data: bytes | OSError | None) -> JobState | None:
+    """A done job's state from its result file's bytes (None if it has no valid one); final ones are remembered."""
+    if not isinstance(data, bytes):
+        return None  # gone meanwhile (requeued, purged), or unreadable
     try:
-        header = open_envelope(RESULT_MAGIC, queue._key, job_id, queue.storage.read(layout.result_path(job_id))).header
+        header = open_envelope(RESULT_MAGIC, queue._key, job_id, data).header
         status = JobStatus(header["status"])
     except (OSError, FSQError, KeyError, ValueError):
         return None
@@ -215,19 +217,21 @@ def snapshot(
         has_result = {j for j in undecided if storage.exists(layout.result_path(j))}
     else:
         has_result = set(queue._result_ids()).intersection(undecided)
+    # Each outcome is read once, and all of them together, as are the progress
+    # files of started jobs (over SSH: a few round trips for all, not one per file).
+    done = [j for j in undecided if j in has_result]
+    results = storage.read_many([layout.result_path(j) for j in done]) if done else {}
+    ended = {j: st for j in done if (st := _ended_state(queue, j, results.get(layout.result_path(j)))) is not None}
+    running = [j for j in undecided if j not in ended and j in claims]
+    reports = storage.read_many([layout.job_file(j, "progress") for j in running]) if progress and running else {}
     for job_id in undecided:
-        ended = _ended_state(queue, job_id) if job_id in has_result else None
-        if ended is not None:
-            out[job_id] = ended
+        if job_id in ended:
+            out[job_id] = ended[job_id]
             known.claims.pop(job_id, None)
         elif job_id in claims:
             worker, name = claims[job_id]
-            report = None
-            if progress:
-                try:
-                    report = parse_progress(storage.read(layout.job_file(job_id, "progress")))
-                except (FileNotFoundError, NotADirectoryError):
-                    pass
+            data = reports.get(layout.job_file(job_id, "progress"))
+            report = parse_progress(data) if isinstance(data, bytes) else None
             started = attempt = host = None
             if details:
                 started, attempt = _claim_details(queue, job_id, worker, name)

@@ -141,6 +141,11 @@ class Sshd:
         return f"ssh://{user}@127.0.0.1:{self.port}{quote(os.fspath(path))}"
 
 
+def ssh_opts(sshd: Sshd, **changes: object) -> dict[str, object]:
+    """:meth:`Sshd.options` as keyword arguments of SSHQueue."""
+    return dict(vars(sshd.options(**changes)))
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     require_sshd()

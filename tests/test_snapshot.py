@@ -30,7 +30,8 @@ class CountingStorage:
             return attr
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] += 1
+            # A batch counts as what it stands for: a read of each file.
+            self.calls[name] += len(args[0]) if name == "read_many" else 1
             return attr(*args, **kwargs)
 
         return counted

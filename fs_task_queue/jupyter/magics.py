@@ -62,7 +62,7 @@ def _line_parser() -> _Parser:
     parser = _Parser(prog="fsq", add_help=True, description="Use an fs-task-queue queue from this notebook.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     p = sub.add_parser("use", help="set the notebook's default queue", add_help=True)
-    p.add_argument("queue", metavar="PATH|VAR", help="a queue directory ('~' expanded) or a Queue variable")
+    p.add_argument("queue", metavar="PATH|VAR", help="a queue directory ('~' expanded), ssh:// URL or Queue variable")
     sub.add_parser("info", help="show the default queue (states, workers, recent jobs)", add_help=True)
     p = sub.add_parser("jobs", help="list the jobs submitted from this notebook (after a restart too)", add_help=True)
     p.add_argument("--limit", type=int, default=20, metavar="N", help="only the last N (default: 20)")

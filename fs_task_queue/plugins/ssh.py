@@ -19,14 +19,14 @@ __all__ = ["SSHQueue"]
 
 def _storage_class() -> Any:
     try:
-        from fs_task_queue.storage.sftp import SFTPStorage
+        from fs_task_queue.storage.sftp import open_ssh_storage
     except ImportError as exc:
         if getattr(exc, "name", None) == "paramiko" or "paramiko" in str(exc):
             raise QueueError(
                 "SSH queues need paramiko, which is not installed: pip install 'fs-task-queue[ssh]'"
             ) from None
         raise
-    return SFTPStorage
+    return open_ssh_storage
 
 
 class SSHQueue(Queue):
@@ -54,7 +54,7 @@ class SSHQueue(Queue):
         clock: Callable[[], float] | None = None,
         **ssh_options: Any,
     ) -> None:
-        storage_class = _storage_class()
+        open_storage = _storage_class()
         from fs_task_queue.storage.sftp import SSHOptions
 
         try:
@@ -66,7 +66,7 @@ class SSHQueue(Queue):
                 f"SSHQueue got unknown option(s) {', '.join(unknown)}; it takes {', '.join(known)}"
             ) from None
         file_mode, dir_mode = (0o660, 0o2770) if shared else (0o600, 0o700)
-        storage = storage_class.from_url(url, options, file_mode=file_mode, dir_mode=dir_mode)
+        storage = open_storage(url, options, file_mode=file_mode, dir_mode=dir_mode)
         try:
             super().__init__(storage=storage, create=create, shared=shared, clock=clock)
         except BaseException:

@@ -9,7 +9,10 @@ queue root and use ``/``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from fs_task_queue.watch import DirWatcher
 
 __all__ = ["FileInfo", "Storage", "UserIds"]
 
@@ -84,6 +87,14 @@ class Storage(Protocol):
         """The content of ``path`` from byte ``offset`` on (for tailing logs); symlinks as in :meth:`read`."""
         ...
 
+    def read_many(self, paths: list[str]) -> dict[str, bytes | OSError]:
+        """:meth:`read` of each path: its bytes, or the ``OSError`` its read raised (FileNotFoundError if missing).
+
+        A remote storage reads them together, a round trip per stage rather
+        than per file (a status poll of many finished jobs reads each outcome once).
+        """
+        ...
+
     def publish(self, path: str, data: bytes, *, replace: bool, make_parent: bool = False, sync: bool = False) -> None:
         """Write ``data`` to ``path`` atomically (temp file + rename).
 
@@ -140,6 +151,14 @@ class Storage(Protocol):
         """
         ...
 
+    def remove_many(self, paths: list[str]) -> list[OSError | None]:
+        """:meth:`remove` each file; each one's error (FileNotFoundError if missing), or None. Together when remote."""
+        ...
+
+    def remove_trees(self, paths: list[str]) -> None:
+        """:meth:`remove_tree` of each path, together where the storage can batch them (purging many jobs)."""
+        ...
+
     def mkdir(self, path: str) -> None:
         """Create a directory (and its parents); an existing one is fine (an existing symlink is left as is)."""
         ...
@@ -193,6 +212,15 @@ class Storage(Protocol):
 
     def is_member(self, uid: int, gid: int) -> bool:
         """Whether user ``uid`` belongs to group ``gid`` where the files are (primary or listed member)."""
+        ...
+
+    def watcher(self, directory: str, *, nested: bool = False) -> DirWatcher:
+        """A watcher whose ``wait`` ends when ``directory`` may have changed (waits for results and tasks).
+
+        On a mounted filesystem it sleeps on inotify; a remote storage polls
+        with one request a tick on a short backoff, or wakes when its remote
+        end pushes a change. ``nested``: the folders inside count too (``queued/``).
+        """
         ...
 
     def close(self) -> None:

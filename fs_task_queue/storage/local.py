@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from fs_task_queue.errors import SymlinkInQueueError
 from fs_task_queue.storage import FileInfo, UserIds
+from fs_task_queue.watch import DirWatcher
 
 _T = TypeVar("_T")
 
@@ -304,6 +305,15 @@ class LocalStorage:
         finally:
             os.close(fd)
 
+    def read_many(self, paths: list[str]) -> dict[str, bytes | OSError]:
+        out: dict[str, bytes | OSError] = {}
+        for path in paths:
+            try:
+                out[path] = self.read(path)
+            except OSError as exc:
+                out[path] = exc
+        return out
+
     def read_from(self, path: str, offset: int) -> bytes:
         fd = self._at(path, _open_read)
         try:
@@ -486,6 +496,23 @@ class LocalStorage:
                 os.unlink(name, dir_fd=parent)
             return
         _remove_tree_at(parent, name)
+
+    def remove_many(self, paths: list[str]) -> list[OSError | None]:
+        out: list[OSError | None] = []
+        for path in paths:
+            try:
+                self.remove(path)
+                out.append(None)
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    def remove_trees(self, paths: list[str]) -> None:
+        for path in paths:
+            self.remove_tree(path)
+
+    def watcher(self, directory: str, *, nested: bool = False) -> DirWatcher:
+        return DirWatcher([self.local_path(directory)], nested=nested)
 
     def mkdir(self, path: str) -> None:
         self._make_dir(self._abs(path) if path else self.root)

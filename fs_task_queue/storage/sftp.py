@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import functools
 import getpass
 import hashlib
 import logging
@@ -59,8 +60,9 @@ from paramiko.sftp_attr import SFTPAttributes
 from fs_task_queue.errors import HostKeyError, QueueError, RemoteConnectionError, SymlinkInQueueError
 from fs_task_queue.serialize import python_version
 from fs_task_queue.storage import FileInfo, UserIds
+from fs_task_queue.watch import DirWatcher
 
-__all__ = ["SFTPStorage", "SSHOptions", "SSHTarget", "parse_ssh_url"]
+__all__ = ["RequestCounts", "SFTPStorage", "SSHOptions", "SSHTarget", "open_ssh_storage", "parse_ssh_url"]
 
 log = logging.getLogger("fs_task_queue.ssh")
 
@@ -125,6 +127,15 @@ def parse_ssh_url(url: str) -> SSHTarget:
     return SSHTarget(host=host, path=path, user=user, password=password, port=port)
 
 
+def open_ssh_storage(url: str, options: SSHOptions | None = None, **kwargs: Any) -> SFTPStorage:
+    """The storage for an ``ssh://`` URL: with the remote helper unless ``options.helper`` is False."""
+    if options is not None and options.helper is False:
+        return SFTPStorage.from_url(url, options, **kwargs)
+    from fs_task_queue.storage.sshhelper import HelperStorage
+
+    return HelperStorage.from_url(url, options, **kwargs)
+
+
 def _env_flag(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -165,6 +176,13 @@ class SSHOptions:
     keepalive: float = 30.0
     #: Warn when the remote ``python3`` differs from this one (results may not unpickle).
     check_python: bool = True
+    #: Remote helper mode (``python -m fs_task_queue serve-stdio`` over one exec channel):
+    #: None uses it when the remote has fs-task-queue of the same protocol and format
+    #: (else pure SFTP, saying why), True requires it, False never starts it.
+    helper: bool | None = None
+    #: The remote interpreter that has fs-task-queue installed (a word or a path);
+    #: unset: ``FSQ_SSH_REMOTE_PYTHON``, else ``python3``.
+    remote_python: str | None = None
 
     def resolved(self) -> SSHOptions:
         keys = self.key_filename
@@ -175,6 +193,7 @@ class SSHOptions:
             passphrase = os.environ.get("PARAMIKO_SSH_PASSPHRASE") or None
         return replace(
             self,
+            remote_python=self.remote_python or os.environ.get("FSQ_SSH_REMOTE_PYTHON") or "python3",
             key_filename=keys,
             passphrase=passphrase,
             allow_agent=(
@@ -626,6 +645,15 @@ class _Reply:
         return out
 
 
+@dataclass
+class RequestCounts:
+    """SFTP requests sent and round trips waited for by one storage (benchmarks and tests read them)."""
+
+    requests: int = 0
+    #: Waits for a flight of replies: one per stage of a batch, whatever its size.
+    round_trips: int = 0
+
+
 class _Pipe:
     """Requests in flight on one SFTPClient, each reply stored for its caller.
 
@@ -636,10 +664,11 @@ class _Pipe:
     paramiko itself means the connection broke (:class:`_Dropped`).
     """
 
-    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+    def __init__(self, sftp: paramiko.SFTPClient, counts: RequestCounts | None = None) -> None:
         self.sftp = sftp
         self._waiting: dict[int, tuple[_Reply, int]] = {}
         self._bytes = 0
+        self.counts = counts if counts is not None else RequestCounts()
 
     def send(self, t: int, *args: Any, size: int = 0) -> _Reply:
         reply = _Reply()
@@ -652,6 +681,7 @@ class _Pipe:
             raise _Dropped(exc) from exc
         self._waiting[num] = (reply, weight)
         self._bytes += weight
+        self.counts.requests += 1
         return reply
 
     def _async_response(self, t: int, msg: Message, num: int) -> None:
@@ -668,6 +698,8 @@ class _Pipe:
 
     def wait(self) -> None:
         """Read replies until every request sent has one."""
+        if self._waiting:
+            self.counts.round_trips += 1
         while self._waiting:
             self._read_one()
 
@@ -758,6 +790,8 @@ class SFTPStorage:
         self._counter = 0
         self._rand = os.urandom(4).hex()
         self._skew = 0.0  # server clock minus ours, learned by now()
+        #: SFTP requests and round trips made so far (what a benchmark or a test counts).
+        self.counts = RequestCounts()
 
     @classmethod
     def from_url(cls, url: str, options: SSHOptions | None = None, **kwargs: Any) -> SFTPStorage:
@@ -776,6 +810,11 @@ class SFTPStorage:
 
     # -------------------------------------------------------------- plumbing
     @property
+    def mode(self) -> str:
+        """How the queue is reached: ``"sftp"`` (a HelperStorage says ``"helper"`` while its helper serves)."""
+        return "sftp"
+
+    @property
     def connects(self) -> int:
         """How many times this storage has connected (reconnects after drops count)."""
         return self._conn.connects
@@ -789,6 +828,11 @@ class SFTPStorage:
 
     def local_path(self, path: str) -> str | None:
         return None
+
+    def watcher(self, directory: str, *, nested: bool = False) -> DirWatcher:
+        # No notifications over SFTP: each tick of a wait is one request (a look
+        # at the result), from right after a round trip up to once a second.
+        return DirWatcher([None], min_interval=0.01, max_interval=1.0)
 
     def _io(
         self, op: Callable[[_Pipe], Any], *, retry: bool = True, after_drop: Callable[[_Pipe], Any] | None = None
@@ -805,7 +849,7 @@ class SFTPStorage:
                     sftp = self._conn.sftp()
                     if self._root is None:
                         self._root = self._find_root(sftp)
-                    pipe = _Pipe(sftp)
+                    pipe = _Pipe(sftp, self.counts)
                     if attempt and after_drop is not None:
                         return after_drop(pipe)
                     return op(pipe)
@@ -949,6 +993,105 @@ class SFTPStorage:
             result += self._read_rest(pipe, full, offset + len(result))
         return result
 
+    def read_many(self, paths: list[str]) -> dict[str, bytes | OSError]:
+        """Read many files in three round trips a batch (look, open, read+close), not three per file."""
+        out: dict[str, bytes | OSError] = {}
+        unique = list(dict.fromkeys(paths))
+        for start in range(0, len(unique), _BATCH):
+            batch = unique[start : start + _BATCH]
+            out.update(self._io(functools.partial(self._read_batch, paths=batch)))
+        return out
+
+    def _verify_each(self, pipe: _Pipe, paths: list[str]) -> dict[str, OSError]:
+        """:meth:`_verify` for many paths; the error of each one on a symlinked (or non-) folder."""
+        try:
+            self._verify(pipe, paths)
+            return {}
+        except (SymlinkInQueueError, NotADirectoryError):
+            # One bad folder must not fail the others: check each alone.
+            failed: dict[str, OSError] = {}
+            for path in paths:
+                try:
+                    self._verify(pipe, [path])
+                except OSError as exc:
+                    failed[path] = exc
+            return failed
+
+    def _read_batch(self, pipe: _Pipe, paths: list[str]) -> dict[str, bytes | OSError]:
+        out: dict[str, bytes | OSError] = dict(self._verify_each(pipe, paths))
+        # Stage 1: lstat each (SFTP cannot open without following a symlink, and
+        # opening a FIFO would block the server).
+        looks = {p: pipe.send(_sftp.CMD_LSTAT, _b(self._abs(p))) for p in paths if p not in out}
+        pipe.wait()
+        opens: dict[str, _Reply] = {}
+        sizes: dict[str, int] = {}
+        for path, reply in looks.items():
+            full = self._abs(path)
+            attrs = reply.attrs()
+            mode = 0 if attrs is None else attrs.st_mode or 0
+            if attrs is None:
+                code = reply.status()
+                out[path] = (
+                    FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), full)
+                    if code == _sftp.SFTP_NO_SUCH_FILE
+                    else _status_error(code, reply.msg, full)
+                )
+            elif stat_mod.S_ISLNK(mode):
+                out[path] = OSError(errno.ELOOP, "a symlink: fs-task-queue never reads through one", full)
+            elif stat_mod.S_ISDIR(mode):
+                out[path] = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), full)
+            elif not stat_mod.S_ISREG(mode):
+                out[path] = b""  # a FIFO or device reads as empty, as in read()
+            else:
+                # Stage 2: open each.
+                opens[path] = pipe.send(_sftp.CMD_OPEN, _b(full), _sftp.SFTP_FLAG_READ, SFTPAttributes())
+                sizes[path] = attrs.st_size or 0
+        pipe.wait()
+        # Stage 3: every chunk of every file (sizes are known), then each close.
+        reads: dict[str, list[_Reply]] = {}
+        for path, reply in opens.items():
+            handle = reply.handle()
+            if handle is None:
+                code = reply.status()
+                out[path] = (
+                    FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._abs(path))
+                    if code == _sftp.SFTP_NO_SUCH_FILE
+                    else _status_error(code, reply.msg, self._abs(path))
+                )
+                continue
+            size = sizes[path]
+            reads[path] = [
+                # Weighed by the reply expected: small files keep many requests in flight.
+                pipe.send(_sftp.CMD_READ, handle, _sftp.int64(at), _CHUNK, size=min(_CHUNK, max(size - at, 0)))
+                for at in range(0, max(size, 1), _CHUNK)
+            ]
+            pipe.send(_sftp.CMD_CLOSE, handle)
+        pipe.wait()
+        for path, replies in reads.items():
+            chunks: list[bytes] = []
+            ended = False
+            error: OSError | None = None
+            for reply in replies:
+                data = reply.data()
+                if data is None:
+                    code = reply.status()
+                    if code != _sftp.SFTP_EOF:
+                        error = _status_error(code, reply.msg, self._abs(path))
+                    ended = True
+                    break
+                chunks.append(data)
+                if len(data) < _CHUNK:
+                    ended = True
+                    break
+            if error is not None:
+                out[path] = error
+                continue
+            data = b"".join(chunks)
+            if not ended:  # grown since the lstat: read on until EOF
+                data += self._read_rest(pipe, self._abs(path), len(data))
+            out[path] = data
+        return out
+
     def _read_rest(self, pipe: _Pipe, full: str, offset: int) -> bytes:
         opened = pipe.send(_sftp.CMD_OPEN, _b(full), _sftp.SFTP_FLAG_READ, SFTPAttributes())
         pipe.wait()
@@ -1004,15 +1147,13 @@ class SFTPStorage:
         self, pipe: _Pipe, items: list[tuple[str, bytes]], replace: bool, make_parent: bool, *, resumed: bool
     ) -> list[OSError | None]:
         out: list[OSError | None] = [None] * len(items)
-        try:
-            self._verify(pipe, [p for p, _ in items])
-        except (SymlinkInQueueError, NotADirectoryError, ValueError):
-            # One bad folder must not fail the others: check each alone.
-            for i, (path, _) in enumerate(items):
-                try:
-                    self._verify(pipe, [path])
-                except OSError as exc:
-                    out[i] = exc
+        for path, _ in items:
+            self._folders(path)  # a bad path is a ValueError before anything is sent
+        if resumed:
+            for path, refused in self._verify_each(pipe, [p for p, _ in items]).items():
+                for i, item in enumerate(items):
+                    if item[0] == path:
+                        out[i] = refused
         todo = [i for i in range(len(items)) if out[i] is None]
         if resumed and not replace:
             # Those whose target already holds their data were published before the break.
@@ -1021,19 +1162,40 @@ class SFTPStorage:
                 with contextlib.suppress(OSError):
                     if self._read(pipe, path, 0) == data:
                         todo.remove(i)
+        # Stage 1: create every temp file (exclusive: never another's), and in the
+        # same flight look at the folders on the way not seen yet (a new shard):
+        # nothing is moved there before they are known to be real folders.
+        unseen = list(dict.fromkeys(f for i in todo for f in self._folders(items[i][0]) if f not in self._checked))
+        looks = {f: pipe.send(_sftp.CMD_LSTAT, _b(self._abs(f))) for f in unseen}
         tmps = {i: self._tmp_name() for i in todo}
-        # Stage 1: create every temp file (exclusive: never another's).
         opens = {
             i: pipe.send(_sftp.CMD_OPEN, _b(self._abs(tmps[i])), _WRITE_NEW, _mode_attrs(self.file_mode)) for i in todo
         }
         pipe.wait()
+        missing, bad = self._judge_folders(looks)
+        for i in todo:
+            out[i] = next((bad[f] for f in self._folders(items[i][0]) if f in bad), None)
         handles: dict[int, bytes] = {}
         for i, reply in opens.items():
             handle = reply.handle()
             if handle is None:
                 out[i] = self._open_error(pipe, reply, tmps[i])
+            elif out[i] is not None:  # under a symlinked folder: drop the temp file
+                pipe.send(_sftp.CMD_CLOSE, handle)
+                pipe.send(_sftp.CMD_REMOVE, _b(self._abs(tmps[i])))
             else:
                 handles[i] = handle
+        # New parents are made with the writes (requests are served in order:
+        # a parent's MKDIR before its child's). Group-shared modes need a look
+        # after each mkdir: those go the slower way below.
+        made: dict[str, _Reply] = {}
+        if make_parent and not self.dir_mode & 0o7077 & ~0o700:
+            needed = {f for i in handles for f in self._folders(items[i][0])}
+            made = {
+                f: pipe.send(_sftp.CMD_MKDIR, _b(self._abs(f)), _mode_attrs(self.dir_mode))
+                for f in missing
+                if f in needed
+            }
         # Stage 2: write and close each (close is where a full disk may show).
         writes: dict[int, list[_Reply]] = {}
         closes: dict[int, _Reply] = {}
@@ -1049,6 +1211,9 @@ class SFTPStorage:
             writes[i] = sent
             closes[i] = pipe.send(_sftp.CMD_CLOSE, handle)
         pipe.wait()
+        for folder, reply in made.items():
+            if reply.status() == _sftp.SFTP_OK:
+                self._checked.add(folder)
         written = []
         for i in handles:
             failed = next((r for r in [*writes[i], closes[i]] if r.status() != _sftp.SFTP_OK), None)
@@ -1070,6 +1235,23 @@ class SFTPStorage:
             pipe.send(_sftp.CMD_REMOVE, _b(self._abs(tmp)))
         pipe.wait()
         return out
+
+    def _judge_folders(self, looks: dict[str, _Reply]) -> tuple[list[str], dict[str, OSError]]:
+        """From the lstat replies of folders: those missing, and the error of each symlink or non-folder."""
+        missing: list[str] = []
+        bad: dict[str, OSError] = {}
+        for folder, reply in looks.items():
+            attrs = reply.attrs()
+            mode = 0 if attrs is None else attrs.st_mode or 0
+            if attrs is None:
+                missing.append(folder)  # or unreadable: the operation itself says so
+            elif stat_mod.S_ISLNK(mode):
+                bad[folder] = SymlinkInQueueError(self._abs(folder))
+            elif not stat_mod.S_ISDIR(mode):
+                bad[folder] = NotADirectoryError(errno.ENOTDIR, "not a directory", self._abs(folder))
+            else:
+                self._checked.add(folder)
+        return missing, bad
 
     def _open_error(self, pipe: _Pipe, reply: _Reply, tmp: str) -> OSError:
         code = reply.status()
@@ -1220,6 +1402,100 @@ class SFTPStorage:
             self._checked.discard(path)
 
         self._io(op)
+
+    def remove_many(self, paths: list[str]) -> list[OSError | None]:
+        def op(pipe: _Pipe) -> list[OSError | None]:
+            failed = self._verify_each(pipe, paths)
+            replies = {i: pipe.send(_sftp.CMD_REMOVE, _b(self._abs(p))) for i, p in enumerate(paths) if p not in failed}
+            pipe.wait()
+            out: list[OSError | None] = [failed.get(p) for p in paths]
+            for i, reply in replies.items():
+                code = reply.status()
+                full = self._abs(paths[i])
+                if code == _sftp.SFTP_OK:
+                    continue
+                attrs = self._lstat(pipe, paths[i]) if code == _sftp.SFTP_FAILURE else None
+                if attrs is not None and stat_mod.S_ISDIR(attrs.st_mode or 0):
+                    out[i] = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), full)
+                else:
+                    out[i] = _status_error(code, reply.msg, full)
+            return out
+
+        return list(self._io(op))
+
+    def remove_trees(self, paths: list[str]) -> None:
+        """Delete many folders in a few round trips for all (look, list, delete), not per folder."""
+
+        def op_batch(pipe: _Pipe, paths: list[str]) -> None:
+            failed = self._verify_each(pipe, paths)  # a symlinked parent: nothing of ours to delete there
+            looks = {p: pipe.send(_sftp.CMD_LSTAT, _b(self._abs(p))) for p in dict.fromkeys(paths) if p not in failed}
+            pipe.wait()
+            folders = []
+            for path, reply in looks.items():
+                attrs = reply.attrs()
+                if attrs is None:
+                    continue
+                if stat_mod.S_ISDIR(attrs.st_mode or 0):
+                    folders.append(path)
+                else:  # a symlink (or file) planted in place of the folder: remove it, never its target
+                    pipe.send(_sftp.CMD_REMOVE, _b(self._abs(path)))
+            self._remove_dir_trees(pipe, folders)
+            for path in folders:
+                self._checked.discard(path)
+
+        for start in range(0, len(paths), _BATCH):
+            batch = paths[start : start + _BATCH]
+            self._io(functools.partial(op_batch, paths=batch))
+
+    def _remove_dir_trees(self, pipe: _Pipe, paths: list[str]) -> None:
+        """Delete folders known to be folders: list them all at once, go down, then delete all at once."""
+        listings = self._scan_many(pipe, paths)
+        inner = [f"{p}/{name}" for p, entries in listings.items() for name, is_dir in entries or () if is_dir]
+        if inner:
+            self._remove_dir_trees(pipe, inner)
+        for path, entries in listings.items():
+            if entries is None:
+                continue  # gone meanwhile (or unreadable): nothing to delete
+            for name, is_dir in entries:
+                if not is_dir:
+                    pipe.send(_sftp.CMD_REMOVE, _b(self._abs(f"{path}/{name}")))
+            # Requests are served in order: the folder is empty by the time this arrives.
+            pipe.send(_sftp.CMD_RMDIR, _b(self._abs(path)))
+        pipe.wait()
+
+    def _scan_many(self, pipe: _Pipe, paths: list[str]) -> dict[str, list[tuple[str, bool]] | None]:
+        """The entries of many folders (None for one that cannot be opened), listed together."""
+        opened = {p: pipe.send(_sftp.CMD_OPENDIR, _b(self._abs(p))) for p in paths}
+        pipe.wait()
+        out: dict[str, list[tuple[str, bool]] | None] = {}
+        handles: dict[str, bytes] = {}
+        for path, reply in opened.items():
+            handle = reply.handle()
+            out[path] = None if handle is None else []
+            if handle is not None:
+                handles[path] = handle
+        active = dict(handles)
+        while active:
+            # Two READDIRs each: a small folder (a job's) answers with its names, then EOF.
+            window = {p: [pipe.send(_sftp.CMD_READDIR, h) for _ in range(2)] for p, h in active.items()}
+            pipe.wait()
+            more = {}
+            for path, replies in window.items():
+                found = out[path]
+                assert found is not None
+                full = True
+                for reply in replies:
+                    names = reply.names()
+                    if names is None:
+                        full = False
+                        continue
+                    found += [(n, stat_mod.S_ISDIR(a.st_mode or 0)) for n, a in names if n not in (".", "..")]
+                if full:
+                    more[path] = active[path]
+            active = more
+        for handle in handles.values():
+            pipe.send(_sftp.CMD_CLOSE, handle)  # answered with the next flight
+        return out
 
     def _remove_dir_tree(self, pipe: _Pipe, path: str) -> None:
         try:

@@ -4,12 +4,67 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import cloudpickle
 import pytest
-from ssh_server import sshd
+from helpers import Workers, wait_for
+from ssh_server import Sshd, ssh_opts, sshd
+
+from fs_task_queue import Queue
+from fs_task_queue.plugins import SSHQueue
 
 __all__ = ["sshd"]
+
+
+@pytest.fixture
+def qdir(tmp_path: Path) -> Path:
+    return tmp_path / "cluster queue 'q'"  # spaces and quotes travel as names, never through a shell
+
+
+@pytest.fixture
+def local(qdir: Path) -> Queue:
+    return Queue(qdir)  # what the cluster side made
+
+
+#: How each mode is asked for. The helper runs with this interpreter, which has
+#: fs-task-queue installed (the sshd's python3 has not): as on a cluster whose
+#: workers' environment is not the login shell's default.
+MODES = {"sftp": {"helper": False}, "helper": {"helper": True, "remote_python": sys.executable}}
+
+
+def open_remote(sshd: Sshd, qdir: Path, mode: str) -> SSHQueue:
+    queue = SSHQueue(sshd.url(qdir), **ssh_opts(sshd, **MODES[mode]))
+    assert queue.storage.mode == mode  # type: ignore[attr-defined]
+    return queue
+
+
+@pytest.fixture(params=list(MODES))
+def remote(request: pytest.FixtureRequest, sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
+    """The queue through SSH, in each mode: pure SFTP, and the remote helper."""
+    queue = open_remote(sshd, qdir, request.param)
+    try:
+        yield queue
+    finally:
+        queue.close()
+
+
+@pytest.fixture
+def remote_sftp(sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
+    queue = open_remote(sshd, qdir, "sftp")
+    try:
+        yield queue
+    finally:
+        queue.close()
+
+
+@pytest.fixture
+def worker(local: Queue, workers: Workers) -> str:
+    name = "cluster-worker"
+    proc = workers.start(local.path, "--name", name, "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
+    wait_for(lambda: proc.poll() is not None or any(w.id == name for w in local.workers()), what="the worker")
+    assert proc.poll() is None, workers.log(proc)
+    return name
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ADMIN_SCRIPT, WAIT, Workers, wait_for
+from helpers import ADMIN_SCRIPT, WAIT, wait_for
 from ssh_server import Sshd
+from ssh_server import ssh_opts as _opts
 
 from fs_task_queue import HostKeyError, JobStatus, Queue, QueueError, RemoteConnectionError, RemoteError, progress
 from fs_task_queue.plugins import SSHQueue
+from fs_task_queue.storage.sftp import SFTPStorage
 
 
 def shout(text: str) -> str:
@@ -32,38 +34,6 @@ def shout(text: str) -> str:
 
 def fail(x: int) -> int:
     raise ValueError(f"bad value {x}")
-
-
-@pytest.fixture
-def qdir(tmp_path: Path) -> Path:
-    return tmp_path / "cluster queue 'q'"  # spaces and quotes travel as names, never through a shell
-
-
-@pytest.fixture
-def local(qdir: Path) -> Queue:
-    return Queue(qdir)  # what the cluster side made
-
-
-@pytest.fixture
-def remote(sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
-    queue = SSHQueue(sshd.url(qdir), **_opts(sshd))
-    try:
-        yield queue
-    finally:
-        queue.close()
-
-
-def _opts(sshd: Sshd, **changes: object) -> dict[str, object]:
-    return dict(vars(sshd.options(**changes)))
-
-
-@pytest.fixture
-def worker(local: Queue, workers: Workers) -> str:
-    name = "cluster-worker"
-    proc = workers.start(local.path, "--name", name, "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
-    wait_for(lambda: proc.poll() is not None or any(w.id == name for w in local.workers()), what="the worker")
-    assert proc.poll() is None, workers.log(proc)
-    return name
 
 
 def test_submit_run_and_read_back_over_ssh(remote: SSHQueue, worker: str) -> None:
@@ -119,7 +89,7 @@ def test_executor_over_ssh(remote: SSHQueue, worker: str) -> None:
 def test_queue_url_and_cancel(sshd: Sshd, qdir: Path, local: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
     _env_for_cli(sshd, monkeypatch)
     with Queue(sshd.url(qdir)) as queue:  # picked by the URL
-        assert type(queue.storage).__name__ == "SFTPStorage"
+        assert isinstance(queue.storage, SFTPStorage)
         job = queue.enqueue(operator.add, 2, 2)
         assert job.get_status() is JobStatus.QUEUED
         assert job.cancel()

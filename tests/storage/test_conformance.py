@@ -280,3 +280,70 @@ def test_group_modes(storage: Storage, root: Path) -> None:
     storage.publish("jobs/shared/f", b"x", replace=False)
     assert (root / "jobs/shared").stat().st_mode & 0o7777 == 0o2770
     assert (root / "jobs/shared/f").stat().st_mode & 0o777 == 0o660
+
+
+def test_read_many(storage: Storage, root: Path, tmp_path: Path) -> None:
+    big = os.urandom(100_000)  # several SFTP chunks
+    (root / "results/big").write_bytes(big)
+    (root / "results/empty").write_bytes(b"")
+    (root / "results/dir").mkdir()
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"secret")
+    (root / "results/link").symlink_to(outside)
+    (root / "jobs/linked").symlink_to(tmp_path)
+    names = [f"results/r{i}" for i in range(700)]  # more than one SFTP batch
+    for i, name in enumerate(names):
+        (root / name).write_bytes(b"x" * i)
+    wanted = [*names, "results/big", "results/empty", "results/missing", "results/dir", "results/link"]
+    got = storage.read_many([*wanted, "jobs/linked/secret", "results/big"])
+    assert [got[n] for n in names] == [b"x" * i for i in range(700)]
+    assert got["results/big"] == big and got["results/empty"] == b""
+    assert isinstance(got["results/missing"], FileNotFoundError)
+    assert isinstance(got["results/dir"], IsADirectoryError)
+    link_error = got["results/link"]
+    assert isinstance(link_error, OSError) and link_error.errno == errno.ELOOP
+    assert isinstance(got["jobs/linked/secret"], SymlinkInQueueError)
+    assert storage.read_many([]) == {}
+
+
+def test_remove_many_and_remove_trees(storage: Storage, root: Path, tmp_path: Path) -> None:
+    for i in range(30):
+        job = root / f"jobs/j{i}"
+        (job / "sub/deeper").mkdir(parents=True)
+        for name in ("stdout", "stderr", "sub/x", "sub/deeper/y"):
+            (job / name).write_bytes(b"out")
+    crowded = root / "jobs/crowded"
+    crowded.mkdir()
+    for i in range(450):  # several READDIR replies
+        (crowded / f"f{i}").write_bytes(b"")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_bytes(b"keep")
+    (root / "jobs/planted").symlink_to(victim)
+    storage.remove_trees([*(f"jobs/j{i}" for i in range(30)), "jobs/crowded", "jobs/planted", "jobs/missing"])
+    assert os.listdir(root / "jobs") == []
+    assert (victim / "keep").read_bytes() == b"keep"  # the link went, never its target
+    (root / "results/a").write_bytes(b"a")
+    (root / "results/d").mkdir()
+    errors = storage.remove_many(["results/a", "results/gone", "results/d"])
+    assert errors[0] is None and isinstance(errors[1], FileNotFoundError)
+    assert isinstance(errors[2], OSError) and (root / "results/d").is_dir()
+    assert not (root / "results/a").exists()
+
+
+def test_sftp_batches_take_a_few_round_trips_for_all(request: pytest.FixtureRequest, root: Path) -> None:
+    storage = make_storage("sftp", root, request)
+    request.addfinalizer(storage.close)
+    for i in range(300):
+        (root / f"results/r{i}").write_bytes(b"r")
+        (root / f"jobs/j{i}").mkdir()
+        (root / f"jobs/j{i}/stdout").write_bytes(b"out")
+    counts = storage.counts  # type: ignore[attr-defined]
+    storage.read("results/r0")  # connected, folders checked
+    before = counts.round_trips
+    storage.read_many([f"results/r{i}" for i in range(300)])
+    assert counts.round_trips - before <= 3  # look, open, read+close: for all 300
+    before = counts.round_trips
+    storage.remove_trees([f"jobs/j{i}" for i in range(300)])
+    assert counts.round_trips - before <= 6  # look, open, list, delete (+ checks of new folders)
+    assert os.listdir(root / "jobs") == []
