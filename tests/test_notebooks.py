@@ -18,6 +18,9 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+#: Run by their own suites, which start what they need: an sshd (tests/ssh/test_notebook.py)
+#: and a dask cluster (tests/test_dask.py).
+RUN_ELSEWHERE = {"ssh.ipynb", "dask.ipynb"}
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 STATE_MIME = "application/vnd.jupyter.widget-state+json"
 
@@ -78,7 +81,7 @@ def bars(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name not in RUN_ELSEWHERE], ids=lambda p: p.name)
 def test_notebook_runs(path: Path, tmp_path: Path) -> None:
     nb = execute(path, tmp_path)
     for i, cell in enumerate(nb.cells):
