@@ -812,6 +812,10 @@ class SFTPStorage:
     Paths are relative to the queue root, as for every storage.
     """
 
+    #: Tasks a submission hands to one publish_many (Queue.map): a batch costs three round
+    #: trips whatever its size (the bytes in flight are bounded by _INFLIGHT_BYTES).
+    publish_batch = 1024
+
     def __init__(
         self,
         target: SSHTarget,
@@ -1236,8 +1240,8 @@ class SFTPStorage:
         publishes a task twice, and a temp file never becomes visible.
         """
         results: list[OSError | None] = [None] * len(items)
-        for start in range(0, len(items), _BATCH):
-            batch = items[start : start + _BATCH]
+        for start in range(0, len(items), self.publish_batch):
+            batch = items[start : start + self.publish_batch]
 
             def first(pipe: _Pipe, batch: list[tuple[str, bytes]] = batch) -> list[OSError | None]:
                 return self._publish_batch(pipe, batch, replace, make_parent, resumed=False)
@@ -1715,8 +1719,7 @@ class SFTPStorage:
                     else:
                         found.append((name, stat_mod.S_ISDIR(a.st_mode or 0)))
             window = [pipe.send(_sftp.CMD_READDIR, handle) for _ in range(more)] if more == len(window) else []
-        pipe.send(_sftp.CMD_CLOSE, handle)
-        pipe.wait()
+        pipe.send(_sftp.CMD_CLOSE, handle)  # answered with the next flight (a status poll lists two folders)
         if error is not None:
             raise error
         return found
