@@ -459,8 +459,10 @@ class Queue:
         # Sealed in chunks, each written in one tight loop (see _publish): the
         # signed copies of large arguments are held a chunk at a time, not all.
         jobs = JobGroup()
-        for start in range(0, len(payloads), _SEAL_CHUNK):
-            chunk = payloads[start : start + _SEAL_CHUNK]
+        # A remote storage pays round trips per publish_many call, not per task: it may take more at once.
+        size = max(_SEAL_CHUNK, int(getattr(self.storage, "publish_batch", _SEAL_CHUNK)))
+        for start in range(0, len(payloads), size):
+            chunk = payloads[start : start + size]
             self._sync_clock()
             tasks = [self._seal(func, func_bytes, payload, options, None) for payload in chunk]
             jobs += self._publish(tasks, queued_before=len(jobs), total=len(payloads))

@@ -64,7 +64,8 @@ def check_queue_permissions(storage: Storage, shared: bool) -> None:
     if root_info is None:
         return  # the caller is about to report the missing queue
     # "You" are whoever owns what this storage creates: over SSH the remote login user.
-    you = storage.user()
+    # A private queue needs only your uid (a remote storage learns it quicker than your groups).
+    you = storage.user(groups=shared)
     euid, me, local = you.uid, you.name, storage.local_path("") is not None
     root = storage.location.rstrip("/") or "/"
     group = root_info.gid

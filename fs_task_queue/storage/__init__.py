@@ -206,8 +206,12 @@ class Storage(Protocol):
         """Create group-readable and -writable files and setgid folders from now on (a shared queue)."""
         ...
 
-    def user(self) -> UserIds:
-        """The user (and groups) that owns what this storage creates: "you" for the trust check."""
+    def user(self, *, groups: bool = True) -> UserIds:
+        """The user (and groups) that owns what this storage creates: "you" for the trust check.
+
+        With ``groups=False`` only the uid is needed: ``gids`` and ``name`` may
+        be partial (a remote storage answers without asking the host's user database).
+        """
         ...
 
     def is_member(self, uid: int, gid: int) -> bool:

@@ -628,7 +628,7 @@ class LocalStorage:
                 out.append(None)
         return out
 
-    def user(self) -> UserIds:
+    def user(self, *, groups: bool = True) -> UserIds:
         uid = os.geteuid()
         return UserIds(uid, frozenset((os.getegid(), *os.getgroups())), _user_name(uid))
 

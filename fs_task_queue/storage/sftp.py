@@ -53,10 +53,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import paramiko
+from paramiko import common as _common
 from paramiko import sftp as _sftp
 from paramiko.message import Message
 from paramiko.sftp_attr import SFTPAttributes
 
+from fs_task_queue import layout
 from fs_task_queue.errors import HostKeyError, QueueError, RemoteConnectionError, SymlinkInQueueError
 from fs_task_queue.serialize import python_version
 from fs_task_queue.storage import FileInfo, UserIds
@@ -304,6 +306,25 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------ the connection
+def _open_sftp(transport: paramiko.Transport) -> paramiko.SFTPClient:
+    """An SFTP client on a new session channel: the subsystem request and the INIT go out together.
+
+    ``open_sftp`` waits a round trip for the subsystem's reply before sending
+    INIT. Sent together, a refused subsystem still fails: the server's
+    "failure" reply closes the channel, and the wait for the VERSION reply ends
+    at that EOF (SSHException).
+    """
+    channel = transport.open_session()
+    m = Message()
+    m.add_byte(_common.cMSG_CHANNEL_REQUEST)
+    m.add_int(channel.remote_chanid)
+    m.add_string("subsystem")
+    m.add_boolean(True)
+    m.add_string("sftp")
+    transport._send_user_message(m)
+    return paramiko.SFTPClient(channel)
+
+
 @dataclass(frozen=True)
 class _Facts:
     """What the remote account is: learned once per connection from one exec of constant commands."""
@@ -340,6 +361,7 @@ class _Connection:
         self.home: str | None = None
         self.connects = 0
         self._python_warned = False
+        self._warn_lock = threading.Lock()
 
     # -- connecting
     def sftp(self) -> paramiko.SFTPClient:
@@ -363,7 +385,7 @@ class _Connection:
             )
             self._facts_thread.start()
         try:
-            sftp = client.open_sftp()
+            sftp = _open_sftp(transport)
         except Exception as exc:
             _discard(client)
             raise RemoteConnectionError(
@@ -524,8 +546,20 @@ class _Connection:
                     python=None if lines[3].strip() == "none" else lines[3].strip(),
                 )
         except Exception as exc:  # an sftp-only account (ForceCommand internal-sftp): SFTP tells the uid
+            transport = client.get_transport()
+            if transport is None or not transport.is_active():
+                self._facts_thread = None  # cut by a close: learned again at the next connection
+                return
             log.debug("cannot run commands on %s (%s); learning the remote user from SFTP", self.target.url(), exc)
         self._facts_result.append(facts)
+        # Said as soon as known: opening a private queue no longer waits for the facts.
+        with contextlib.suppress(Exception):
+            self._warn_python(facts.python)
+
+    def facts_ready(self) -> bool:
+        """Whether :meth:`facts` would answer without waiting."""
+        thread = self._facts_thread
+        return self._facts is not None or (thread is not None and not thread.is_alive())
 
     def facts(self) -> _Facts:
         if self._facts is None:
@@ -533,16 +567,17 @@ class _Connection:
             if thread is None:
                 self.sftp()
                 thread = self._facts_thread
-            assert thread is not None
-            thread.join()
+            if thread is not None:  # else cut by a close: nothing learned
+                thread.join()
             self._facts = self._facts_result[0] if self._facts_result else _Facts(None, frozenset(), None, None)
             self._warn_python(self._facts.python)
         return self._facts
 
     def _warn_python(self, remote: str | None) -> None:
-        if not self.options.check_python or self._python_warned or remote is None:
-            return
-        self._python_warned = True
+        with self._warn_lock:  # from the facts thread or a caller, whichever is first
+            if not self.options.check_python or self._python_warned or remote is None:
+                return
+            self._python_warned = True
         if remote != python_version():
             warnings.warn(
                 f"{self.target.url()}: python3 there is Python {remote}, this is Python {python_version()}."
@@ -764,12 +799,35 @@ _APPEND = _sftp.SFTP_FLAG_WRITE | _sftp.SFTP_FLAG_CREATE | _sftp.SFTP_FLAG_APPEN
 
 
 # ------------------------------------------------------------------ the storage
+#: What a Queue looks at (the trust check: root, folders, key, format file) and
+#: reads when it opens: fetched together at the first connection (_opening_flight).
+_OPENING_LOOKS = ("", *layout.SUBDIRS, layout.KEY_FILE, layout.FORMAT_FILE)
+_OPENING_READS = (layout.FORMAT_FILE, layout.KEY_FILE)
+#: How long what the opening flight fetched may be served (once each, and only
+#: until any other operation runs): opening a queue takes well under this.
+_OPENING_TTL = 10.0
+
+
+@dataclass
+class _Opening:
+    """What the opening flight fetched, each served once: looks, reads, and our (uid, gid) if learned."""
+
+    stats: dict[str, FileInfo | None]
+    reads: dict[str, bytes | OSError]
+    ids: tuple[int, int | None] | None
+    until: float
+
+
 class SFTPStorage:
     """A queue directory on an SSH host, reached over SFTP.
 
     Make one with :meth:`from_url` (``Queue("ssh://...")`` and ``SSHQueue`` do).
     Paths are relative to the queue root, as for every storage.
     """
+
+    #: Tasks a submission hands to one publish_many (Queue.map): a batch costs three round
+    #: trips whatever its size (the bytes in flight are bounded by _INFLIGHT_BYTES).
+    publish_batch = 1024
 
     def __init__(
         self,
@@ -790,6 +848,8 @@ class SFTPStorage:
         self._counter = 0
         self._rand = os.urandom(4).hex()
         self._skew = 0.0  # server clock minus ours, learned by now()
+        self._opening: _Opening | None = None
+        self._probe_ids: tuple[int | None, int | None] = (None, None)
         #: SFTP requests and round trips made so far (what a benchmark or a test counts).
         self.counts = RequestCounts()
 
@@ -822,6 +882,7 @@ class SFTPStorage:
     def close(self) -> None:
         self._conn.close()
         self._checked.clear()
+        self._opening = None
 
     def share_with_group(self) -> None:
         self.file_mode, self.dir_mode = 0o660, 0o2770
@@ -847,9 +908,11 @@ class SFTPStorage:
             for attempt in range(2):
                 try:
                     sftp = self._conn.sftp()
-                    if self._root is None:
-                        self._root = self._find_root(sftp)
                     pipe = _Pipe(sftp, self.counts)
+                    if self._root is None:
+                        self._root = self._find_root(sftp, pipe)
+                    else:
+                        self._opening = None  # only ever served before any other operation
                     if attempt and after_drop is not None:
                         return after_drop(pipe)
                     return op(pipe)
@@ -864,18 +927,55 @@ class SFTPStorage:
                     log.warning("the SSH connection to %s broke (%s); connecting again", self.location, exc)
             raise AssertionError("unreachable")
 
-    def _find_root(self, sftp: paramiko.SFTPClient) -> str:
+    def _find_root(self, sftp: paramiko.SFTPClient, pipe: _Pipe) -> str:
         path = self.target.path
         if path == "/~" or path.startswith("/~/"):
             home = sftp.normalize(".")
             path = home.rstrip("/") + path[2:]
         path = "/" + path.strip("/") if path.strip("/") else "/"
-        # A symlink at the root itself is resolved once, as Queue does for a local path.
-        with contextlib.suppress(OSError):
-            attrs = sftp.lstat(path)
-            if attrs.st_mode is not None and stat_mod.S_ISLNK(attrs.st_mode):
+        self._root = path
+        # The root's own look rides with what opening a queue reads (see _Opening).
+        opening = self._opening_flight(pipe)
+        if opening is None:
+            # A symlink at the root itself is resolved once, as Queue does for a local path.
+            with contextlib.suppress(OSError):
                 path = sftp.normalize(path)
+        self._opening = opening
         return path
+
+    def _opening_flight(self, pipe: _Pipe) -> _Opening | None:
+        """What every Queue reads when it opens, fetched in three round trips at the first connection.
+
+        The looks of the trust check, the queue's format file and key, and who
+        we are (a folder made, looked at and removed in ``tmp/``) go out in one
+        flight with the root's own look, the two opens in a second, their reads
+        in a third: instead of eight round trips, one call after another. None
+        when the root is a symlink (resolved first, nothing kept).
+        """
+        looks = {p: pipe.send(_sftp.CMD_LSTAT, _b(self._abs(p))) for p in _OPENING_LOOKS}
+        files = {p: pipe.send(_sftp.CMD_LSTAT, _b(self._abs(p))) for p in _OPENING_READS}
+        probe = self._abs(self._tmp_name()[:-4] + ".id")
+        made = pipe.send(_sftp.CMD_MKDIR, _b(probe), _mode_attrs(0o700))
+        probed = pipe.send(_sftp.CMD_LSTAT, _b(probe))
+        pipe.send(_sftp.CMD_RMDIR, _b(probe))
+        pipe.wait()
+        stats: dict[str, FileInfo | None] = {}
+        for path, reply in looks.items():
+            attrs = reply.attrs()
+            if attrs is not None:
+                stats[path] = _info(attrs)
+            elif reply.status() == _sftp.SFTP_NO_SUCH_FILE:
+                stats[path] = None
+            # Any other error is left for the operation itself to meet and report.
+        root = stats.get("")
+        if root is not None and root.is_symlink:
+            return None
+        ids = None
+        if made.status() == _sftp.SFTP_OK:  # only a folder we made tells who we are
+            attrs = probed.attrs()
+            if attrs is not None and attrs.st_uid is not None:
+                ids = (int(attrs.st_uid), attrs.st_gid)
+        return _Opening(stats, self._read_looked(pipe, files, {}), ids, time.monotonic() + _OPENING_TTL)
 
     @property
     def root(self) -> str:
@@ -938,7 +1038,23 @@ class SFTPStorage:
 
     # -------------------------------------------------------------- reading
     def read(self, path: str) -> bytes:
+        if self._root is None:
+            self._io(lambda pipe: None)  # connects: the opening flight may have read it already
+        got = self._opened("reads", path)
+        if got is not None:
+            if isinstance(got, OSError):
+                raise got
+            return bytes(got)
         return self.read_from(path, 0)
+
+    def _opened(self, what: str, path: str) -> Any:
+        """Take what the opening flight fetched of ``path`` (each once, for a few seconds), or None."""
+        with self._conn.lock:
+            opening = self._opening
+            if opening is None or time.monotonic() > opening.until:
+                self._opening = None
+                return None
+            return getattr(opening, what).pop(path, None)
 
     def read_from(self, path: str, offset: int) -> bytes:
         return bytes(self._io(lambda pipe: self._read(pipe, path, offset)))
@@ -1023,6 +1139,12 @@ class SFTPStorage:
         # opening a FIFO would block the server).
         looks = {p: pipe.send(_sftp.CMD_LSTAT, _b(self._abs(p))) for p in paths if p not in out}
         pipe.wait()
+        return self._read_looked(pipe, looks, out)
+
+    def _read_looked(
+        self, pipe: _Pipe, looks: dict[str, _Reply], out: dict[str, bytes | OSError]
+    ) -> dict[str, bytes | OSError]:
+        """Stages 2 and 3 of :meth:`_read_batch`: open and read each path whose lstat reply is in ``looks``."""
         opens: dict[str, _Reply] = {}
         sizes: dict[str, int] = {}
         for path, reply in looks.items():
@@ -1131,8 +1253,8 @@ class SFTPStorage:
         publishes a task twice, and a temp file never becomes visible.
         """
         results: list[OSError | None] = [None] * len(items)
-        for start in range(0, len(items), _BATCH):
-            batch = items[start : start + _BATCH]
+        for start in range(0, len(items), self.publish_batch):
+            batch = items[start : start + self.publish_batch]
 
             def first(pipe: _Pipe, batch: list[tuple[str, bytes]] = batch) -> list[OSError | None]:
                 return self._publish_batch(pipe, batch, replace, make_parent, resumed=False)
@@ -1610,8 +1732,7 @@ class SFTPStorage:
                     else:
                         found.append((name, stat_mod.S_ISDIR(a.st_mode or 0)))
             window = [pipe.send(_sftp.CMD_READDIR, handle) for _ in range(more)] if more == len(window) else []
-        pipe.send(_sftp.CMD_CLOSE, handle)
-        pipe.wait()
+        pipe.send(_sftp.CMD_CLOSE, handle)  # answered with the next flight (a status poll lists two folders)
         if error is not None:
             raise error
         return found
@@ -1624,6 +1745,15 @@ class SFTPStorage:
         return info
 
     def stat_many(self, paths: list[str]) -> list[FileInfo | None]:
+        with self._conn.lock:
+            opening = self._opening
+            fresh = opening is not None and time.monotonic() <= opening.until
+            if opening is not None and fresh and paths and all(p in opening.stats for p in paths):
+                got = [opening.stats[p] for p in paths]
+                for p in paths:
+                    opening.stats.pop(p, None)
+                return got
+
         def op(pipe: _Pipe) -> list[FileInfo | None]:
             self._verify(pipe, [p for p in paths if p])
             replies = [pipe.send(_sftp.CMD_LSTAT, _b(self._abs(p))) for p in paths]
@@ -1686,13 +1816,20 @@ class SFTPStorage:
         return float(mtime)
 
     # -------------------------------------------------------------- who we are
-    def user(self) -> UserIds:
+    def user(self, *, groups: bool = True) -> UserIds:
+        if not groups and not self._conn.facts_ready():
+            # The facts come from a command, whose session costs the server ~0.1 s
+            # to start: when only the uid is wanted, a folder we made tells it.
+            opening = self._opening
+            ids = opening.ids if opening is not None else None
+            if ids is not None:
+                return UserIds(ids[0], frozenset(), f"uid {ids[0]}")
         facts = self._conn.facts()
         if facts.uid is not None:
             return UserIds(facts.uid, facts.gids, facts.name or str(facts.uid))
         # No commands allowed (an sftp-only account): a file we create is ours.
         self.now()
-        uid, gid = getattr(self, "_probe_ids", (None, None))
+        uid, gid = self._probe_ids
         if uid is None:
             raise QueueError(f"cannot tell which user {self.location} logs in as: the server reports no file owners")
         return UserIds(uid, frozenset({gid} if gid is not None else ()), str(uid))
