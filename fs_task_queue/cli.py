@@ -133,6 +133,19 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
         help="with --dask: claimed-but-unfinished tasks per dask thread (default: 2)",
     )  # fmt: skip
     parser.add_argument(
+        "--walltime-check", type=float, metavar="SECONDS",
+        help="in a SLURM job: how often to ask squeue when the job ends (default: 60)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--walltime-margin", type=float, metavar="SECONDS",
+        help="in a SLURM job: stop claiming this long before the job's end, and claim no task whose"
+        " expected_duration ends later (default: 60, at most a quarter of the job's time)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--walltime-kill-margin", type=float, metavar="SECONDS",
+        help="in a SLURM job: put the running task back in the queue this long before the job's end (default: 10)",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: INFO)"
     )
 
@@ -171,6 +184,22 @@ def _run_worker(args: argparse.Namespace) -> int:
         options["address"] = args.dask
     if args.in_flight_per_thread is not None:
         options["in_flight_per_thread"] = args.in_flight_per_thread
+    walltime_args = {
+        k: v
+        for k, v in (
+            ("check_interval", args.walltime_check),
+            ("margin", args.walltime_margin),
+            ("kill_margin", args.walltime_kill_margin),
+        )
+        if v is not None
+    }
+    if walltime_args:
+        from fs_task_queue.slurm import SlurmJob, Walltime
+
+        job = SlurmJob.here()
+        if job is None:
+            raise ValueError("--walltime-* options apply to workers in a SLURM job (SLURM_JOB_ID is not set)")
+        options["walltime"] = Walltime(job, **walltime_args)
     worker = worker_class(Queue(args.path), **options)
     if args.parent_pid is not None:
         _stop_with_parent(worker, args.parent_pid)
@@ -412,6 +441,69 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(tasks=args.tasks, workers=args.workers)
 
 
+def _cmd_slurm_submit(args: argparse.Namespace) -> int:
+    from fs_task_queue.slurm import submit_workers
+
+    if not args.dry_run:
+        Queue(args.path, create=False)  # a queue that exists, so a typo is not served by a fresh one
+    ids = submit_workers(
+        args.path,
+        args.n,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        cpus_per_task=args.cpus_per_task,
+        mem=args.mem,
+        array=args.array,
+        output=args.output,
+        sbatch_args=args.sbatch_arg or (),
+        worker_args=args.worker_arg or (),
+        dry_run=args.dry_run,
+    )
+    if ids:
+        print(f"submitted {len(ids)} worker job(s): {' '.join(ids)}")
+    return 0
+
+
+def _add_slurm(sub: _Commands[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("slurm", help="run workers as SLURM batch jobs", description=(
+        "Submit workers as SLURM batch jobs (see docs/slurm.md)."))  # fmt: skip
+    actions = p.add_subparsers(dest="slurm_command", required=True, metavar="ACTION")
+    s = actions.add_parser("submit", help="submit worker jobs with sbatch", description=(
+        "Submit N SLURM jobs, each one worker serving the queue. The worker replaces the batch"
+        " script's shell (exec), runs this Python, stops claiming before the job's time limit and"
+        " puts its running task back in the queue before SLURM kills it."))  # fmt: skip
+    s.add_argument("path", help="queue directory (it must exist)")
+    s.add_argument("-n", type=_positive_int, default=1, metavar="N", help="number of worker jobs (default: 1)")
+    s.add_argument("--time", required=True, metavar="HH:MM:SS", help="each job's time limit (sbatch --time)")
+    s.add_argument("--partition", help="sbatch --partition")
+    s.add_argument("--account", help="sbatch --account")
+    s.add_argument("--cpus-per-task", type=_positive_int, metavar="N", help="sbatch --cpus-per-task")
+    s.add_argument("--mem", metavar="SIZE", help="sbatch --mem, e.g. 4G")
+    s.add_argument("--array", metavar="SPEC", help="sbatch --array, e.g. 0-7 (each array task is a worker)")
+    s.add_argument("--output", metavar="FILE", help="sbatch --output (default: slurm-%%j.out here)")
+    s.add_argument(
+        "--sbatch-arg", action="append", metavar="ARG",
+        help="one more argument for sbatch, as it is (repeatable), e.g. --sbatch-arg=--qos=short",
+    )  # fmt: skip
+    s.add_argument(
+        "--worker-arg", action="append", metavar="ARG",
+        help="one more argument for the worker (repeatable), e.g. --worker-arg=--max-idle=300",
+    )  # fmt: skip
+    s.add_argument("--dry-run", action="store_true", help="print the sbatch command and batch script; submit nothing")
+    s.set_defaults(func=_cmd_slurm_submit)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: use a whole number >= 1")
+    return value
+
+
 def _add_info(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("info", help="counts per state, workers, recent failures", description=(
         "Show how many jobs are queued, started, finished, failed and canceled, the workers"
@@ -530,6 +622,7 @@ _COMMANDS = {
     "stop-worker": _add_stop_worker,
     "sweep": _add_sweep,
     "demo": _add_demo,
+    "slurm": _add_slurm,
 }
 
 
