@@ -283,7 +283,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"workers: {len(workers)}")
     for w in workers:
         running = ", ".join(w.running) or "idle"
-        print(f"  {w.id}  host={w.host} pid={w.pid} heartbeat {_duration(w.heartbeat_age)} ago  {running}")
+        slurm = ""
+        if w.slurm_job_id:
+            left = "-" if w.slurm_end_time is None else _duration(max(0.0, w.slurm_end_time - time.time()))
+            slurm = f"  slurm job {w.slurm_job_id} ({w.partition or '-'}), {left} left"
+        print(f"  {w.id}  host={w.host} pid={w.pid} heartbeat {_duration(w.heartbeat_age)} ago  {running}{slurm}")
+        if w.mismatch:
+            print(f"    environment differs from its submitter's: {w.mismatch}")
     failed = queue.jobs(JobStatus.FAILED)[-args.failures :] if args.failures else []
     if failed:
         print(f"recent failures (last {len(failed)}):")

@@ -653,6 +653,7 @@ class Queue:
                     version=record.get("version"),
                     heartbeat_age=max(0.0, now - mtime),
                     running=running,
+                    **_slurm_fields(record),
                 )
             )
         return out
@@ -1063,6 +1064,20 @@ def _real_root(path: str | os.PathLike[str]) -> str:
             " or pass the path of a directory"
         )
     return real
+
+
+def _slurm_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The SLURM part of a worker record (see :class:`~fs_task_queue.progress.WorkerInfo`)."""
+    slurm = record.get("slurm")
+    fields: dict[str, Any] = {"mismatch": str(record.get("mismatch") or "")}
+    if isinstance(slurm, dict):
+        end = slurm.get("end_time")
+        fields.update(
+            slurm_job_id=slurm.get("job_id"),
+            partition=slurm.get("partition"),
+            slurm_end_time=float(end) if isinstance(end, (int, float)) else None,
+        )
+    return fields
 
 
 def _reopen(storage: Storage) -> Queue:
