@@ -112,6 +112,17 @@ def settle_outcome(
         requeue(job, task, {"attempt": attempt + 1, "hist": history}, delay=delay)
         log.info("job %s failed (attempt %d of %d); retrying in %.1f s", job.id, attempt, retries + 1, delay)
         return None
+    if result.status is JobStatus.FAILED:
+        # A batch job's log is often all its user reads: each final failure is named there.
+        error = result.error or {}
+        message = " ".join(str(error.get("message", "")).split())
+        log.info(
+            "job %s failed: %s%s%s",
+            job.id,
+            str(error.get("type") or "error").rpartition(".")[2],
+            " (timed out)" if error.get("kind") == "timeout" else "",
+            f": {message[:200]}" if message else "",
+        )
     record = outcome_record(job, task, result, worker=worker_id)
     if sink is not None and sink.hand_over(job, record, result.payload):
         return None
