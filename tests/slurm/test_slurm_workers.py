@@ -107,7 +107,9 @@ def test_a_real_timeout_puts_the_running_task_back(slurm: SlurmCluster, tmp_path
     )
     wait_for(lambda: marker.exists() and job.get_status() is JobStatus.STARTED, what="the task to start")
     slurm.run("scontrol", "update", f"JobId={first}", "TimeLimit=0")
+    updated = time.monotonic()
     wait_for(lambda: slurm.job_state(first) == "TIMEOUT", timeout=30 + 2 * slurm.KILL_WAIT + 10, what="TIMEOUT")
+    print(f"TimeLimit=0 -> TIMEOUT: {time.monotonic() - updated:.1f} s")
     assert job.get_status() is JobStatus.QUEUED
     log = job_log(tmp_path, first)
     assert "received SIGTERM from SLURM" in log, log
@@ -140,9 +142,11 @@ def test_a_worker_drains_when_its_end_moves_closer(slurm: SlurmCluster, tmp_path
         qpath, time="10:00", output=str(tmp_path / "slurm-%j.out"), worker_args=["--walltime-check=1"]
     )
     wait_for(lambda: marker.exists() and job.get_status() is JobStatus.STARTED, what="the task to start")
+    updated = time.monotonic()
     slurm.run("scontrol", "update", f"JobId={job_id}", "TimeLimit=0")
     # The worker sees the new end within a second or two and puts its task back before SLURM's tick.
     wait_for(lambda: job.get_status() is JobStatus.QUEUED, what="the task to be put back")
+    print(f"end moved to now -> task put back: {time.monotonic() - updated:.2f} s")
     wait_for(lambda: slurm.job_state(job_id) in ("COMPLETED", "TIMEOUT"), what="the job to end")
     log = job_log(tmp_path, job_id)
     assert f"SLURM job {job_id} ends in" in log, log
