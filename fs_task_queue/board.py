@@ -31,6 +31,10 @@ _BODY_AT = _SEQ.size
 # clock, which all processes share.
 _STAMP = struct.Struct("=d")
 _STAMP_AT = 512
+# Written by the worker process only: the wall-clock time by which a task
+# claimed now must end (its SLURM job's end less a margin; 0 = no limit).
+_LIMIT = struct.Struct("=d")
+_LIMIT_AT = 520
 #: A post still half-written after this long (seconds) was left by a writer that died.
 _WRITER_DEAD_AFTER = 0.2
 # Every store is a slice assignment of packed bytes, never struct.pack_into:
@@ -104,6 +108,15 @@ class Board:
     def stamp(self) -> None:
         """Record that the supervising worker process is alive and looking (worker side)."""
         self._map[_STAMP_AT : _STAMP_AT + _STAMP.size] = _STAMP.pack(time.monotonic())
+
+    def set_claim_until(self, when: float | None) -> None:
+        """Post the time by which a task claimed now must end (worker side; None: no limit)."""
+        self._map[_LIMIT_AT : _LIMIT_AT + _LIMIT.size] = _LIMIT.pack(when or 0.0)
+
+    def claim_until(self) -> float | None:
+        """What :meth:`set_claim_until` posted (task process side)."""
+        when: float = _LIMIT.unpack_from(self._map, _LIMIT_AT)[0]
+        return when or None
 
     def supervisor_silence(self) -> float:
         """Seconds since the worker process last stamped the board (task process side)."""

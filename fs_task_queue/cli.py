@@ -74,18 +74,20 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", required=True, help="queue directory (created if missing)")
     parser.add_argument("--name", help="worker id (default: <host>-<pid>-<random>)")
     parser.add_argument("--burst", action="store_true", help="exit when no task is left")
-    parser.add_argument("--max-jobs", type=int, metavar="N", help="exit after N jobs")
-    parser.add_argument("--max-idle", type=float, metavar="SECONDS", help="exit after this long without a task")
+    parser.add_argument("--max-jobs", type=_positive(int), metavar="N", help="exit after N jobs")
     parser.add_argument(
-        "--heartbeat-interval", type=float, default=30.0, metavar="SECONDS",
+        "--max-idle", type=_positive(float), metavar="SECONDS", help="exit after this long without a task"
+    )
+    parser.add_argument(
+        "--heartbeat-interval", type=_positive(float), default=30.0, metavar="SECONDS",
         help="how often to touch workers/<id> (default: 30)",
     )  # fmt: skip
     parser.add_argument(
-        "--poll-interval", type=float, default=0.05, metavar="SECONDS",
+        "--poll-interval", type=_positive(float), default=0.05, metavar="SECONDS",
         help="first polling delay where change notifications miss other hosts (default: 0.05)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-poll-interval", type=float, default=1.0, metavar="SECONDS",
+        "--max-poll-interval", type=_positive(float), default=1.0, metavar="SECONDS",
         help="longest polling delay when idle (default: 1.0)",
     )  # fmt: skip
     parser.add_argument(
@@ -93,25 +95,29 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
         help="run tasks in a task process that the worker watches and restarts if a task kills it"
         " (default), or in the worker itself",
     )  # fmt: skip
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="default per-task timeout (default: none)")
     parser.add_argument(
-        "--grace", type=float, default=30.0, metavar="SECONDS",
+        "--timeout", type=_positive(float), metavar="SECONDS", help="default per-task timeout (default: none)"
+    )
+    parser.add_argument(
+        "--grace", type=_positive(float, zero=True), default=30.0, metavar="SECONDS",
         help="after SIGTERM/SIGINT/SIGUSR1, how long the running task may go on before it is killed"
         " and put back in the queue; a second signal ends it at once (default: 30)",
     )  # fmt: skip
-    parser.add_argument("--max-tasks-per-child", type=int, metavar="N", help="start a fresh task process every N tasks")
+    parser.add_argument(
+        "--max-tasks-per-child", type=_positive(int), metavar="N", help="start a fresh task process every N tasks"
+    )
     parser.add_argument("--memory-limit", type=_size, metavar="SIZE", help="cap a task's memory, e.g. 4G (RLIMIT_AS)")
     parser.add_argument(
-        "--dead-after", type=float, default=120.0, metavar="SECONDS",
+        "--dead-after", type=_positive(float), default=120.0, metavar="SECONDS",
         help="a worker on another host whose heartbeat does not change for this long is presumed dead"
         " and its tasks re-queued (default: 120; keep it above heartbeat interval + cache + clock skew)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-lost", type=int, default=3, metavar="N",
+        "--max-lost", type=_positive(int), default=3, metavar="N",
         help="fail a task instead of re-queueing it once N workers died running it (default: 3)",
     )  # fmt: skip
     parser.add_argument(
-        "--recover-interval", type=float, default=15.0, metavar="SECONDS",
+        "--recover-interval", type=_positive(float), default=15.0, metavar="SECONDS",
         help="how often to look for dead workers (default: 15)",
     )  # fmt: skip
     parser.add_argument(
@@ -131,6 +137,19 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--in-flight-per-thread", type=float, metavar="N",
         help="with --dask: claimed-but-unfinished tasks per dask thread (default: 2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--walltime-check", type=_positive(float), metavar="SECONDS",
+        help="in a SLURM job: how often to ask squeue when the job ends (default: 60)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--walltime-margin", type=_positive(float, zero=True), metavar="SECONDS",
+        help="in a SLURM job: stop claiming this long before the job's end, and claim no task whose"
+        " expected_duration ends later (default: 60, at most a quarter of the job's time)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--walltime-kill-margin", type=_positive(float, zero=True), metavar="SECONDS",
+        help="in a SLURM job: put the running task back in the queue this long before the job's end (default: 10)",
     )  # fmt: skip
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: INFO)"
@@ -171,6 +190,22 @@ def _run_worker(args: argparse.Namespace) -> int:
         options["address"] = args.dask
     if args.in_flight_per_thread is not None:
         options["in_flight_per_thread"] = args.in_flight_per_thread
+    walltime_args = {
+        k: v
+        for k, v in (
+            ("check_interval", args.walltime_check),
+            ("margin", args.walltime_margin),
+            ("kill_margin", args.walltime_kill_margin),
+        )
+        if v is not None
+    }
+    if walltime_args:
+        from fs_task_queue.slurm import SlurmJob, Walltime
+
+        job = SlurmJob.here()
+        if job is None:
+            raise ValueError("--walltime-* options apply to workers in a SLURM job (SLURM_JOB_ID is not set)")
+        options["walltime"] = Walltime(job, **walltime_args)
     worker = worker_class(Queue(args.path), **options)
     if args.parent_pid is not None:
         _stop_with_parent(worker, args.parent_pid)
@@ -254,7 +289,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"workers: {len(workers)}")
     for w in workers:
         running = ", ".join(w.running) or "idle"
-        print(f"  {w.id}  host={w.host} pid={w.pid} heartbeat {_duration(w.heartbeat_age)} ago  {running}")
+        slurm = ""
+        if w.slurm_job_id:
+            left = "-" if w.slurm_end_time is None else _duration(max(0.0, w.slurm_end_time - time.time()))
+            slurm = f"  slurm job {w.slurm_job_id} ({w.partition or '-'}), {left} left"
+        print(f"  {w.id}  host={w.host} pid={w.pid} heartbeat {_duration(w.heartbeat_age)} ago  {running}{slurm}")
+        if w.mismatch:
+            print(f"    environment differs from its submitter's: {w.mismatch}")
     failed = queue.jobs(JobStatus.FAILED)[-args.failures :] if args.failures else []
     if failed:
         print(f"recent failures (last {len(failed)}):")
@@ -412,20 +453,121 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(tasks=args.tasks, workers=args.workers)
 
 
+def _cmd_slurm_submit(args: argparse.Namespace) -> int:
+    from fs_task_queue.slurm import submit_workers
+
+    if not args.dry_run:
+        Queue(args.path, create=False)  # a queue that exists, so a typo is not served by a fresh one
+    ids = submit_workers(
+        args.path,
+        args.n,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        cpus_per_task=args.cpus_per_task,
+        mem=args.mem,
+        array=args.array,
+        output=args.output,
+        sbatch_args=args.sbatch_arg or (),
+        worker_args=args.worker_arg or (),
+        dry_run=args.dry_run,
+    )
+    if ids:
+        print(f"submitted {len(ids)} worker job(s): {' '.join(ids)}")
+    return 0
+
+
+def _add_slurm(sub: _Commands[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("slurm", help="run workers as SLURM batch jobs", description=(
+        "Submit workers as SLURM batch jobs (see docs/slurm.md)."))  # fmt: skip
+    actions = p.add_subparsers(dest="slurm_command", required=True, metavar="ACTION")
+    s = actions.add_parser("submit", help="submit worker jobs with sbatch", description=(
+        "Submit N SLURM jobs, each one worker serving the queue. The worker replaces the batch"
+        " script's shell (exec), runs this Python, stops claiming before the job's time limit and"
+        " puts its running task back in the queue before SLURM kills it."))  # fmt: skip
+    _add_path(s, "queue directory (it must exist)")
+    s.add_argument("-n", type=_positive(int), default=1, metavar="N", help="number of worker jobs (default: 1)")
+    s.add_argument("--time", required=True, metavar="HH:MM:SS", help="each job's time limit (sbatch --time)")
+    s.add_argument("--partition", help="sbatch --partition")
+    s.add_argument("--account", help="sbatch --account")
+    s.add_argument("--cpus-per-task", type=_positive(int), metavar="N", help="sbatch --cpus-per-task")
+    s.add_argument("--mem", metavar="SIZE", help="sbatch --mem, e.g. 4G")
+    s.add_argument("--array", metavar="SPEC", help="sbatch --array, e.g. 0-7 (each array task is a worker)")
+    s.add_argument("--output", metavar="FILE", help="sbatch --output (default: slurm-%%j.out here)")
+    s.add_argument(
+        "--sbatch-arg", action="append", metavar="ARG",
+        help="one more argument for sbatch, as it is (repeatable), e.g. --sbatch-arg=--qos=short",
+    )  # fmt: skip
+    s.add_argument(
+        "--worker-arg", action="append", metavar="ARG",
+        help="one more argument for the worker (repeatable), e.g. --worker-arg=--max-idle=300",
+    )  # fmt: skip
+    s.add_argument("--dry-run", action="store_true", help="print the sbatch command and batch script; submit nothing")
+    s.set_defaults(func=_cmd_slurm_submit)
+
+
+def _add_path(p: argparse.ArgumentParser, text: str = "queue directory, or ssh://[user@]host[:port]/path") -> None:
+    # Positional, or --path as the worker takes it: both work everywhere.
+    p.add_argument("path", nargs="?", help=text)
+    p.add_argument("--path", dest="path_option", metavar="PATH", help="the same, as an option")
+
+
+def _resolve_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set ``args.path`` from the positional path or ``--path`` (a command's usage error if neither, or both)."""
+    option = getattr(args, "path_option", None)
+    if option is None:
+        if getattr(args, "path", "") is None:
+            parser.error("give the queue directory: PATH or --path PATH")
+        return
+    if args.path is not None:
+        # With --path, what argparse took for the path is the first of the command's other names.
+        for many in ("job_ids", "worker_ids"):
+            if isinstance(getattr(args, many, None), list):
+                getattr(args, many).insert(0, args.path)
+                break
+        else:
+            parser.error(f"the queue directory was given twice ({args.path} and --path {option}): give it once")
+    args.path = option
+
+
+def _positive(kind: type[int] | type[float], *, zero: bool = False) -> Any:
+    """An argparse type: a number > 0 (>= 0 with ``zero``), with an error that says so."""
+    least = ">= 0" if zero else "> 0"
+    noun = "whole number" if kind is int else "number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {noun} {text!r}") from None
+        if not (value >= 0 if zero else value > 0) or value != value:
+            raise argparse.ArgumentTypeError(f"{text} is not allowed: use a {noun} {least}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _add_info(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("info", help="counts per state, workers, recent failures", description=(
         "Show how many jobs are queued, started, finished, failed and canceled, the workers"
         " with the age of their heartbeat and what they run, and the most recent failures."))  # fmt: skip
-    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
-    p.add_argument("--failures", type=int, default=5, metavar="N", help="recent failures to list (default: 5)")
+    _add_path(p)
+    p.add_argument(
+        "--failures",
+        type=_positive(int, zero=True),
+        default=5,
+        metavar="N",
+        help="recent failures to list (default: 5)",
+    )
     p.set_defaults(func=_cmd_info)
 
 
 def _add_jobs(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("jobs", help="list jobs", description="List jobs oldest first: id, status, run time, function.")
-    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
+    _add_path(p)
     p.add_argument("--status", choices=[s.value for s in JobStatus], help="only jobs in this state")
-    p.add_argument("--limit", type=int, metavar="N", help="only the last N")
+    p.add_argument("--limit", type=_positive(int), metavar="N", help="only the last N")
     p.set_defaults(func=_cmd_jobs)
 
 
@@ -433,9 +575,11 @@ def _add_show(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("show", help="one job in detail", description=(
         "Show one job: status, times, worker, progress, its result or remote traceback,"
         " and the end of its stdout and stderr."))  # fmt: skip
-    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
+    _add_path(p)
     p.add_argument("job_id", help="the job's id (see 'fs-task-queue jobs')")
-    p.add_argument("--tail", type=int, default=20, metavar="N", help="log lines to show (default: 20)")
+    p.add_argument(
+        "--tail", type=_positive(int, zero=True), default=20, metavar="N", help="log lines to show (default: 20)"
+    )
     p.set_defaults(func=_cmd_show)
 
 
@@ -454,18 +598,20 @@ def _add_recover(sub: _Commands[argparse.ArgumentParser]) -> None:
         " --max-lost deaths). Same-host workers are checked exactly through their lock; workers on"
         " other hosts count as dead when their heartbeat is older than --dead-after. Running"
         " workers do this by themselves every --recover-interval seconds."))  # fmt: skip
-    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
+    _add_path(p)
     p.add_argument(
         "--dead-after", type=_age, default=120.0, metavar="AGE", help="heartbeat age that means dead (default: 120s)"
     )
-    p.add_argument("--max-lost", type=int, default=3, metavar="N", help="deaths before a task is failed (default: 3)")
+    p.add_argument(
+        "--max-lost", type=_positive(int), default=3, metavar="N", help="deaths before a task is failed (default: 3)"
+    )
     p.set_defaults(func=_cmd_recover)
 
 
 def _add_purge(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("purge", help="delete old finished/failed/canceled jobs", description=(
         "Delete the results, logs and kept task files of done jobs older than --older-than."))  # fmt: skip
-    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
+    _add_path(p)
     p.add_argument("--older-than", type=_age, required=True, metavar="AGE", help="e.g. 7d, 12h, 30m")
     p.add_argument(
         "--status", action="append", choices=["finished", "failed", "canceled"], help="only these (repeatable)"
@@ -476,7 +622,7 @@ def _add_purge(sub: _Commands[argparse.ArgumentParser]) -> None:
 def _add_requeue(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("requeue", help="run failed jobs again", description=(
         "Put failed jobs back in the queue with fresh attempt counts (their history is kept)."))  # fmt: skip
-    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
+    _add_path(p)
     p.add_argument("job_ids", nargs="*", metavar="JOB", help="failed job ids")
     p.add_argument("--all", action="store_true", help="requeue every failed job")
     p.set_defaults(func=_cmd_requeue)
@@ -486,7 +632,7 @@ def _add_cancel(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cancel", help="cancel jobs", description=(
         "Cancel queued or running jobs: a queued job never starts; a running one is killed within"
         " about a second by its worker."))  # fmt: skip
-    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
+    _add_path(p)
     p.add_argument("job_ids", nargs="+", metavar="JOB", help="job ids")
     p.set_defaults(func=_cmd_cancel)
 
@@ -495,7 +641,7 @@ def _add_stop_worker(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stop-worker", help="stop workers after their current task", description=(
         "Delete the heartbeat file workers/<id>; the worker stops claiming, lets its current task"
         " finish (within its --grace) and exits."))  # fmt: skip
-    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
+    _add_path(p)
     p.add_argument("worker_ids", nargs="+", metavar="WORKER", help="worker ids (see 'fs-task-queue info')")
     p.set_defaults(func=_cmd_stop_worker)
 
@@ -504,7 +650,7 @@ def _add_sweep(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sweep", help="delete temporary files left by killed writers", description=(
         "Delete files in tmp/ older than --older-than: partial submissions of clients killed"
         " mid-write. They were never visible as tasks. Workers also do this every 10 minutes."))  # fmt: skip
-    p.add_argument("path", help="queue directory, or ssh://[user@]host[:port]/path")
+    _add_path(p)
     p.add_argument("--older-than", type=_age, default=3600.0, metavar="AGE", help="(default: 1h)")
     p.set_defaults(func=_cmd_sweep)
 
@@ -520,8 +666,8 @@ def _add_demo(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run a small end-to-end demo", description=(
         "Create a temporary queue, start real worker processes, submit tasks (a lambda, a"
         " failure, one with progress), print results and timings, stop the workers."))  # fmt: skip
-    p.add_argument("--tasks", type=int, default=20, help="number of tasks (default: 20)")
-    p.add_argument("--workers", type=int, default=2, help="number of worker processes (default: 2)")
+    p.add_argument("--tasks", type=_positive(int), default=20, help="number of tasks (default: 20)")
+    p.add_argument("--workers", type=_positive(int), default=2, help="number of worker processes (default: 2)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -538,6 +684,7 @@ _COMMANDS = {
     "sweep": _add_sweep,
     "demo": _add_demo,
     "serve-stdio": _add_serve_stdio,
+    "slurm": _add_slurm,
 }
 
 
@@ -561,7 +708,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else list(argv)
     # The command is the first argument (the top level takes only --help and --version).
     command = args_list[0] if args_list and args_list[0] in _COMMANDS else None
-    args = _parser(command).parse_args(args_list)
+    parser = _parser(command)
+    args, extra = parser.parse_known_args(args_list)
+    # A usage error in a command is shown with that command's usage, not the top level's.
+    sub = _command_parser(parser, args)
+    if extra:
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    _resolve_path(sub, args)
     try:
         return int(args.func(args))
     except BrokenPipeError as exc:
@@ -574,6 +727,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that ``args`` runs (``slurm submit``'s own, for instance)."""
+    for dest in ("command", "slurm_command"):
+        name = getattr(args, dest, None)
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if name is None or not actions:
+            break
+        parser = actions[0].choices[name]
+    return parser
 
 
 def _stdout_closed() -> bool:

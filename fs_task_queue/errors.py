@@ -49,6 +49,7 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "ShipError",
+    "SlurmError",
     "SymlinkInQueueError",
     "WaitInterrupted",
     "WaitTimeoutError",
@@ -163,6 +164,10 @@ class HostKeyError(RemoteConnectionError):
 
 class WorkerError(FSQError, RuntimeError):
     """A worker cannot go on (for example its task process dies before running any task)."""
+
+
+class SlurmError(FSQError, RuntimeError):
+    """A SLURM command failed or is missing (``sbatch``, ``squeue``): the message quotes SLURM's own words."""
 
 
 class JobError(FSQError):

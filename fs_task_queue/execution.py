@@ -85,6 +85,9 @@ class Shell(Protocol):
     def settings(self) -> LoopSettings:
         """When a task loop stops and how it waits, from the worker's options."""
 
+    def claim_until(self) -> float | None:
+        """The wall-clock time by which a task claimed now must end (None: any time)."""
+
     def chores_in_background(self) -> contextlib.AbstractContextManager[None]:
         """Keep the heartbeat, recovery and sweeps going in a thread while the block runs."""
 
@@ -128,7 +131,7 @@ class InProcess:
             self._loop.stop(reason)
 
     def serve(self, shell: Shell) -> None:
-        loop = self._loop = TaskLoop(shell.claimer, shell.settings())
+        loop = self._loop = TaskLoop(shell.claimer, shell.settings(), claim_until=shell.claim_until)
         # Tasks run in this process: what they leave running is its children
         # (or, once orphaned, comes to it), ended when the loop ends, not per task.
         orphans = contain.Orphans()
@@ -183,6 +186,7 @@ class TaskProcesses:
                 shell.queue, shell.id, self._settings(shell), memory_limit=self.memory_limit, queue_args=queue_args
             )
             proc.board.stamp()
+            proc.board.set_claim_until(shell.claim_until())
             proc.start()
             try:
                 post, reason, target = self._watch(shell, proc)
@@ -252,6 +256,7 @@ class TaskProcesses:
                     return proc.post(), reason, post.seq
                 wait = min(shell.chores(beat=True), CHECK_INTERVAL)
                 proc.board.stamp()
+                proc.board.set_claim_until(shell.claim_until())
                 if post.deadline is not None and post.state == RUNNING:
                     wait = min(wait, post.deadline - now)
                 if stopping:

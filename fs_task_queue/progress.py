@@ -55,3 +55,9 @@ class WorkerInfo:
     version: str | None
     heartbeat_age: float | None
     running: tuple[str, ...] = ()
+    #: For a worker in a SLURM job: its job id, partition and end time (epoch seconds, as last learned).
+    slurm_job_id: str | None = None
+    partition: str | None = None
+    slurm_end_time: float | None = None
+    #: How its Python or fs-task-queue version differs from its submitter's ("" if alike or not known).
+    mismatch: str = ""

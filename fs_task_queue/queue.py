@@ -26,7 +26,7 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
@@ -403,6 +403,7 @@ class Queue:
         retry_delay: float = 0.0,
         retry_backoff: float = 2.0,
         metadata: dict[str, Any] | None = None,
+        expected_duration: float | None = None,
     ) -> Job:
         """Submit ``func(*args, **kwargs)`` with task options that never reach ``func``.
 
@@ -411,10 +412,12 @@ class Queue:
         raises FileExistsError (an id still queued or running is not checked).
         ``timeout`` (seconds), ``retries``, ``retry_delay`` and
         ``retry_backoff`` are enforced by the worker. ``metadata`` is a
-        JSON-serializable dict kept with the job.
+        JSON-serializable dict kept with the job. ``expected_duration``
+        (seconds): how long the task is expected to run; a worker whose
+        allocation ends sooner (a SLURM job's walltime) leaves it for another.
         """
         func_bytes, args_bytes = dumps_call(func, tuple(args), dict(kwargs or {}))
-        options = _options(timeout, retries, retry_delay, retry_backoff, metadata)
+        options = _options(timeout, retries, retry_delay, retry_backoff, metadata, expected_duration)
         self._sync_clock()
         task = self._seal(func, func_bytes, args_bytes, options, job_id)
         if job_id is not None and self.storage.exists(layout.result_path(task[0])):
@@ -430,6 +433,7 @@ class Queue:
         retry_delay: float = 0.0,
         retry_backoff: float = 2.0,
         metadata: dict[str, Any] | None = None,
+        expected_duration: float | None = None,
     ) -> JobGroup:
         """Submit ``func(*items)`` for each tuple of items, like builtin ``map``.
 
@@ -437,7 +441,7 @@ class Queue:
         pickled once and shared by every task file. Returns the jobs in order,
         as a :class:`~fs_task_queue.group.JobGroup` (a list of jobs).
         """
-        options = _options(timeout, retries, retry_delay, retry_backoff, metadata)
+        options = _options(timeout, retries, retry_delay, retry_backoff, metadata, expected_duration)
         func_bytes, _ = dumps_call(func, (), {})
         empty: dict[str, Any] = {}
         # Pickle (and seal) everything before publishing anything: a bad item submits nothing.
@@ -651,6 +655,7 @@ class Queue:
                     version=record.get("version"),
                     heartbeat_age=max(0.0, now - mtime),
                     running=running,
+                    **_slurm_fields(record),
                 )
             )
         return out
@@ -985,8 +990,11 @@ class Claimer:
         """Forget the batch so the next claim lists ``queued/`` again."""
         self._backlog.clear()
 
-    def claim(self) -> Job | None:
-        """Claim the oldest available task, or return None if there is none."""
+    def claim(self, skip: Container[str] = ()) -> Job | None:
+        """Claim the oldest available task, or return None if there is none.
+
+        Task file names in ``skip`` are left queued (for workers they suit better).
+        """
         storage = self.queue.storage
         if self._lock is None and not self._held_elsewhere:
             self.register()
@@ -994,6 +1002,8 @@ class Claimer:
         backlog = self._backlog
         backlog.new_round()
         while (name := backlog.pop()) is not None:
+            if name in skip:
+                continue
             claimed = layout.claimed_path(self.worker_id, name)
             try:
                 storage.rename(layout.queued_path(name), claimed)
@@ -1070,6 +1080,20 @@ def _real_root(path: str | os.PathLike[str]) -> str:
     return real
 
 
+def _slurm_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The SLURM part of a worker record (see :class:`~fs_task_queue.progress.WorkerInfo`)."""
+    slurm = record.get("slurm")
+    fields: dict[str, Any] = {"mismatch": str(record.get("mismatch") or "")}
+    if isinstance(slurm, dict):
+        end = slurm.get("end_time")
+        fields.update(
+            slurm_job_id=slurm.get("job_id"),
+            partition=slurm.get("partition"),
+            slurm_end_time=float(end) if isinstance(end, (int, float)) else None,
+        )
+    return fields
+
+
 def _reopen(storage: Storage) -> Queue:
     return Queue(storage=storage)
 
@@ -1110,9 +1134,14 @@ def _options(
     retry_delay: float = 0.0,
     retry_backoff: float = 2.0,
     metadata: dict[str, Any] | None = None,
+    expected_duration: float | None = None,
 ) -> dict[str, Any]:
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if expected_duration is not None and not (
+        isinstance(expected_duration, (int, float)) and 0 < expected_duration < float("inf")
+    ):
+        raise ValueError(f"expected_duration must be a positive number of seconds, got {expected_duration!r}")
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
     if retry_delay < 0 or retry_backoff < 1:
@@ -1120,6 +1149,8 @@ def _options(
     opts: dict[str, Any] = {}
     if timeout is not None:
         opts["timeout"] = float(timeout)
+    if expected_duration is not None:
+        opts["expected_duration"] = float(expected_duration)
     if retries:
         opts["retries"] = retries
         opts["retry_delay"] = float(retry_delay)

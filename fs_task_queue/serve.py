@@ -112,6 +112,17 @@ def settle_outcome(
         requeue(job, task, {"attempt": attempt + 1, "hist": history}, delay=delay)
         log.info("job %s failed (attempt %d of %d); retrying in %.1f s", job.id, attempt, retries + 1, delay)
         return None
+    if result.status is JobStatus.FAILED:
+        # A batch job's log is often all its user reads: each final failure is named there.
+        error = result.error or {}
+        message = " ".join(str(error.get("message", "")).split())
+        log.info(
+            "job %s failed: %s%s%s",
+            job.id,
+            str(error.get("type") or "error").rpartition(".")[2],
+            " (timed out)" if error.get("kind") == "timeout" else "",
+            f": {message[:200]}" if message else "",
+        )
     record = outcome_record(job, task, result, worker=worker_id)
     if sink is not None and sink.hand_over(job, record, result.payload):
         return None
@@ -158,6 +169,7 @@ class TaskLoop:
         board: Board | None = None,
         on_deadline: Callable[[], None] | None = None,
         sink: OutcomeSink | None = None,
+        claim_until: Callable[[], float | None] | None = None,
     ) -> None:
         self.claimer = claimer
         self.queue = claimer.queue
@@ -166,6 +178,11 @@ class TaskLoop:
         self.board = board
         self.on_deadline = on_deadline
         self.sink = sink
+        # When a task claimed now must end (a SLURM job's walltime): posted on
+        # the board by the worker process, else asked of the caller.
+        self.claim_until = claim_until or (board.claim_until if board is not None else None)
+        #: Task files that do not fit the time left: left queued for other workers.
+        self.too_long: set[str] = set()
         self.jobs_done = 0
         self._exit: LoopExit | None = None
         self._delayed_since_look = False
@@ -182,6 +199,30 @@ class TaskLoop:
         # Writes fail: run nothing more (its outcome could not be kept either).
         requeue(job)
         self.stop("the worker process cannot write outcomes")
+
+    def _fits(self, job: Job) -> bool:
+        """Whether ``job`` (claimed) can end before the worker's allocation; if not, put it back."""
+        until = self.claim_until() if self.claim_until is not None else None
+        if until is None:
+            return True
+        task = read_claimed(job)
+        expected = 0.0 if task is None else float(task.options.get("expected_duration", 0.0))
+        left = until - time.time()
+        if expected <= left and left > 0:
+            return True
+        requeue(job)  # renamed back as it was: not an attempt
+        if left <= 0:
+            self.stop("the worker's allocation is ending: claiming nothing more")
+        else:
+            assert job._name is not None
+            self.too_long.add(job._name)
+            log.info(
+                "job %s expects to run %.0f s; this worker has %.0f s left: left it queued for another worker",
+                job.id,
+                expected,
+                left,
+            )
+        return False
 
     def _run_one(self, job: Job) -> None:
         task = read_claimed(job)
@@ -232,13 +273,13 @@ class TaskLoop:
                         watcher.wait(0.5)
                     continue
                 next_due = claimer.promote_delayed()
-                job = claimer.claim()
+                job = claimer.claim(self.too_long)
                 if job is None and self._delayed_since_look:
                     # A retry was just put off: learn its due time before idling.
                     self._delayed_since_look = False
                     next_due = claimer.promote_delayed(force=True)
                     if claimer.promoted:
-                        job = claimer.claim()
+                        job = claimer.claim(self.too_long)
                 if job is not None and self.sink is not None and self.sink.in_flight(job.id):
                     # The claim checked results/ while an outcome of this job was
                     # on its way: a duplicate task file, or the task itself put
@@ -250,6 +291,8 @@ class TaskLoop:
                     if self.sink.refused:
                         self._refused(job)
                         continue
+                if job is not None and not self._fits(job):
+                    continue
                 if job is not None:
                     watcher.reset()
                     try:

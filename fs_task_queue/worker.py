@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fs_task_queue import layout
 from fs_task_queue._version import __version__
@@ -41,6 +41,9 @@ from fs_task_queue.recovery import DEFAULT_DEAD_AFTER, DEFAULT_MAX_LOST, Recover
 from fs_task_queue.security import check_queue_permissions
 from fs_task_queue.serve import LoopSettings
 from fs_task_queue.watch import DirWatcher
+
+if TYPE_CHECKING:
+    from fs_task_queue.slurm import Walltime
 
 __all__ = ["Worker"]
 
@@ -63,6 +66,13 @@ class Worker:
     polling backoff used where change notifications cannot see other hosts.
     ``executor``: how claimed tasks run (see :mod:`fs_task_queue.execution`);
     by default the one ``isolation`` names.
+    ``walltime``: when the worker's allocation ends (see
+    :class:`fs_task_queue.slurm.Walltime`); by default, in a SLURM job
+    (``SLURM_JOB_ID`` set), that job's, with the default margins. Then the
+    worker claims no task whose ``expected_duration`` does not fit, stops
+    claiming ``margin`` seconds before the end, puts its running task back
+    ``kill_margin`` seconds before it, and takes SLURM's SIGTERM (the end or
+    ``scancel``; SIGKILL follows within KillWait) as "put the task back now".
     """
 
     def __init__(
@@ -85,6 +95,7 @@ class Worker:
         poll_interval: float = 0.05,
         max_poll_interval: float = 1.0,
         executor: Executor | None = None,
+        walltime: Walltime | Literal["auto"] | None = "auto",
     ) -> None:
         self.queue = queue if isinstance(queue, Queue) else Queue(queue)
         # The one whole-name check (ids.py): the id names workers/<id> and claimed/<id>.
@@ -112,6 +123,10 @@ class Worker:
                 else InProcess()
             )
         self.executor = executor
+        if walltime == "auto":
+            walltime = _slurm_walltime()
+        self.walltime: Walltime | None = walltime
+        self._next_walltime = 0.0
         self.jobs_done = 0
         self._claimer: Claimer | None = None
         self._recoverer: Recoverer | None = None
@@ -146,7 +161,11 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self._stop.is_set():
+        if signum == signal.SIGTERM and self.walltime is not None:
+            # SLURM's SIGTERM (time limit or scancel) is followed by SIGKILL within
+            # KillWait (seconds): no grace, put the running task back now.
+            self.kill_task(f"received SIGTERM from SLURM (job {self.walltime.job.job_id} is ending)")
+        elif self._stop.is_set():
             self.kill_task(f"received a second signal ({name})")
         else:
             self.stop(f"received {name}")
@@ -160,7 +179,13 @@ class Worker:
             "started_at": time.time(),
             "version": __version__,
             "python": sys.version.split()[0],
+            "executable": sys.executable,
         }
+        if self.walltime is not None:
+            record["slurm"] = self.walltime.record()
+            mismatch = _environment_mismatch()
+            if mismatch:
+                record["mismatch"] = mismatch
         try:
             self.queue.storage.publish(self._heartbeat_path, json.dumps(record).encode(), replace=False)
         except FileExistsError:
@@ -168,6 +193,48 @@ class Worker:
                 f"a worker named {self.id!r} is already registered in {self.queue.path}: pick another"
                 f" --name, or run 'fs-task-queue stop-worker {self.queue.path} {self.id}' if it is gone"
             ) from None
+
+    def _rewrite_record(self) -> None:
+        """Publish the record again (the SLURM end time moved)."""
+        try:
+            record = json.loads(self.queue.storage.read(self._heartbeat_path))
+            if self.walltime is not None:
+                record["slurm"] = self.walltime.record()
+            self.queue.storage.publish(self._heartbeat_path, json.dumps(record).encode(), replace=True)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot update this worker's record: %s", exc)
+
+    def claim_until(self) -> float | None:
+        """The wall-clock time by which a task claimed now must end (None: any time)."""
+        return None if self.walltime is None else self.walltime.claim_until()
+
+    def _check_walltime(self) -> float:
+        """Re-read the SLURM end time when due; drain when it is near. Seconds until the next look."""
+        walltime = self.walltime
+        assert walltime is not None
+        if walltime.due() <= 0:
+            before = walltime.end
+            end = walltime.refresh()
+            if end != before:
+                self._rewrite_record()
+        end = walltime.end
+        if end is None:
+            return walltime.due()
+        left = end - time.time()
+        if left <= walltime.margin:
+            kill_in = max(0.0, left - walltime.kill_margin)
+            if not self._stop.is_set():
+                self.stop(
+                    f"SLURM job {walltime.job.job_id} ends in {max(0.0, left):.0f} s; the running task (if any)"
+                    f" may go on for {kill_in:.0f} s, then it is put back in the queue"
+                )
+            deadline = time.monotonic() + kill_in
+            if self._hard_deadline is None or deadline < self._hard_deadline:
+                self._hard_deadline = deadline
+                self.wake()
+            return walltime.due()
+        # Wake when the margin is reached, even between two looks at squeue.
+        return min(walltime.due(), left - walltime.margin)
 
     def _unregister(self) -> None:
         try:
@@ -209,7 +276,11 @@ class Worker:
         if now >= self._next_sweep:
             sweep_tmp(self.queue)
             self._next_sweep = now + 600.0
+        if self.walltime is not None and now >= self._next_walltime:
+            self._next_walltime = now + self._check_walltime()
         due = [self._next_recover, self._next_sweep] + ([self._next_beat] if beat else [])
+        if self.walltime is not None:
+            due.append(self._next_walltime)
         return max(0.0, min(due) - time.monotonic())
 
     def _chore_loop(self, recoverer: Recoverer, watcher: DirWatcher) -> None:
@@ -278,6 +349,21 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 handlers[sig] = signal.signal(sig, self._on_signal)
+        if self.walltime is not None:
+            self.walltime.refresh()
+            self._next_walltime = time.monotonic()  # the first chores decide at once
+            job = self.walltime.job
+            end = self.walltime.end
+            log.info(
+                "worker %s runs in SLURM job %s (partition %s), which ends %s",
+                self.id,
+                job.job_id,
+                job.partition or "-",
+                "at an unknown time (squeue cannot say)" if end is None else f"in {end - time.time():.0f} s",
+            )
+            mismatch = _environment_mismatch()
+            if mismatch:
+                log.warning("this worker's environment differs from its submitter's: %s", mismatch)
         # The heartbeat file is published without replacing first: it is what
         # makes a second worker with the same name fail fast with a clear error.
         self._register()
@@ -296,7 +382,14 @@ class Worker:
         )
         now = time.monotonic()
         self._next_beat, self._next_recover, self._next_sweep = now + self.heartbeat_interval, now, now
-        log.info("worker %s serving %s (isolation: %s)", self.id, self.queue.path, self.executor.description)
+        log.info(
+            "worker %s serving %s (isolation: %s; Python %s, fs-task-queue %s)",
+            self.id,
+            self.queue.path,
+            self.executor.description,
+            sys.version.split()[0],
+            __version__,
+        )
         try:
             # Recovery first: tasks of dead workers are the oldest work there is.
             self._chores(recoverer, beat=False)
@@ -312,3 +405,27 @@ class Worker:
                 signal.signal(signum, handler)
             log.info("worker %s stopped after %d jobs (%s)", self.id, self.jobs_done, self._stop_reason)
         return self.jobs_done
+
+
+def _slurm_walltime() -> Walltime | None:
+    """This SLURM job's walltime, or None outside SLURM (nothing imported then)."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    from fs_task_queue.slurm import SlurmJob, Walltime
+
+    job = SlurmJob.here()
+    return None if job is None else Walltime(job)
+
+
+def _environment_mismatch() -> str:
+    """How this worker's Python and fs-task-queue differ from those of whoever submitted its SLURM job."""
+    from fs_task_queue.slurm import SUBMIT_PYTHON_ENV, SUBMIT_VERSION_ENV
+
+    python, version = os.environ.get(SUBMIT_PYTHON_ENV), os.environ.get(SUBMIT_VERSION_ENV)
+    here = sys.version.split()[0]
+    problems = []
+    if python and python != here:
+        problems.append(f"Python {here} here, {python} at submission")
+    if version and version != __version__:
+        problems.append(f"fs-task-queue {__version__} here, {version} at submission")
+    return "; ".join(problems)
