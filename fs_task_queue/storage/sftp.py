@@ -506,8 +506,15 @@ class _Connection:
                 f"the SSH key for {end.user}@{end.host} is encrypted: pass passphrase=... (or set"
                 " PARAMIKO_SSH_PASSPHRASE), or load it into ssh-agent with `ssh-add`"
             ) from None
-        except paramiko.AuthenticationException as exc:
+        except paramiko.SSHException as exc:
             _discard(client)
+            # Also raised, as a bare SSHException, when there was nothing to log in with.
+            nothing = "No authentication methods available" in str(exc)
+            if not isinstance(exc, paramiko.AuthenticationException) and not nothing:
+                raise RemoteConnectionError(
+                    f"the SSH handshake with {end.host}:{end.port} failed ({exc}): is an SSH server listening"
+                    " there (not another service)?"
+                ) from None
             tried = []
             if password is not None:
                 tried.append("the password from the URL")
@@ -521,9 +528,10 @@ class _Connection:
                 f"{end.host}:{end.port} refused the login of user {end.user!r} ({exc}); tried "
                 + (", ".join(tried) or "nothing")
                 + ". Fix: check the user name, install your public key in ~/.ssh/authorized_keys there"
-                " (`ssh-copy-id`), pass key_filename=..., or put the password in the URL (percent-encoded)"
+                " (`ssh-copy-id`), pass key_filename=..., start ssh-agent and `ssh-add` your key,"
+                " or put the password in the URL (percent-encoded)"
             ) from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
+        except (OSError, EOFError) as exc:
             _discard(client)
             raise RemoteConnectionError(
                 f"the SSH handshake with {end.host}:{end.port} failed ({exc}): is an SSH server listening"

@@ -378,3 +378,25 @@ def test_password_in_url_logs_in_as_that_user(sshd: Sshd, password_user: tuple[s
     assert task.stat().st_uid == pwd.getpwnam(name).pw_uid  # written by the remote login user
     with pytest.raises(RemoteConnectionError, match="refused the login"):
         SSHQueue(f"ssh://{name}:wrong@127.0.0.1:{sshd.port}/~/q", **_opts(sshd, key_filename=None))
+
+
+def test_login_through_ssh_agent(
+    sshd: Sshd, qdir: Path, local: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real ssh-agent holding the client key; the client is given no key file and looks for none.
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(sock.exists, what="ssh-agent's socket")
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", str(sshd.client_key)], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        with SSHQueue(sshd.url(qdir), **_opts(sshd, key_filename=None, allow_agent=True)) as queue:
+            assert queue.stats()["queued"] == 0
+        # Without the agent the same login is refused, and the message says the agent was tried.
+        monkeypatch.delenv("SSH_AUTH_SOCK")
+        with pytest.raises(RemoteConnectionError, match="ssh-agent"):
+            SSHQueue(sshd.url(qdir), **_opts(sshd, key_filename=None, allow_agent=True))
+    finally:
+        agent.terminate()
+        agent.wait()
