@@ -150,3 +150,29 @@ def touch_and_return(path: str, value: Any = None) -> Any:
 
 def divide(a: float, b: float) -> float:
     return a / b
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, grace: float = 10.0) -> None:
+    """SIGTERM ``proc``, then SIGKILL it if it has not exited after ``grace`` seconds; reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def ship_test_modules_by_value(items: list[Any], package: str, timeout: float) -> None:
+    """For ``pytest_collection_modifyitems``: worker processes cannot import the test package, so its modules'
+    functions are pickled by value; tests without their own timeout marker get ``timeout`` seconds."""
+    import cloudpickle
+    import pytest
+
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.startswith(package + "."):
+            cloudpickle.register_pickle_by_value(sys.modules[module.__name__])
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(timeout))

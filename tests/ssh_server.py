@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import stop_process
 
 SSHD = "/usr/sbin/sshd"
 
@@ -111,15 +112,7 @@ class Sshd:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
     def options(self, **changes: object):  # type: ignore[no-untyped-def]
         """SSHOptions that log in as root with the client key and check the host key strictly."""

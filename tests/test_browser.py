@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import stop_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -118,12 +119,7 @@ def lab(tmp_path: Path) -> Iterator[str]:
                 urllib.request.urlopen(request).read()
         except OSError:
             pass
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, grace=15)
 
 
 def shoot(page, name: str) -> Path:  # type: ignore[no-untyped-def]

@@ -13,14 +13,13 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import cloudpickle
 import pytest
+from helpers import ship_test_modules_by_value
 
 #: Per-test limit: a real TIMEOUT waits for slurmctld's 30 s tick plus KillWait.
 TIMEOUT = 150
@@ -28,12 +27,7 @@ TIMEOUT = 150
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Workers in SLURM jobs cannot import the test package: ship task functions by value.
-    for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and module.__name__.startswith(__package__ + "."):
-            cloudpickle.register_pickle_by_value(sys.modules[module.__name__])
-            if item.get_closest_marker("timeout") is None:
-                item.add_marker(pytest.mark.timeout(TIMEOUT))
+    ship_test_modules_by_value(items, __package__, TIMEOUT)
 
 
 def _free_port() -> int:

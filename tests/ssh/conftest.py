@@ -6,9 +6,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import cloudpickle
 import pytest
-from helpers import Workers, wait_for
+from helpers import Workers, ship_test_modules_by_value, wait_for
 from ssh_server import Sshd, ssh_opts, sshd
 
 from fs_task_queue import Queue
@@ -69,12 +68,7 @@ def worker(local: Queue, workers: Workers) -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Worker processes cannot import the test package: ship task functions by value.
-    for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and module.__name__.startswith(__package__ + "."):
-            cloudpickle.register_pickle_by_value(sys.modules[module.__name__])
-            if item.get_closest_marker("timeout") is None:
-                item.add_marker(pytest.mark.timeout(120))
+    ship_test_modules_by_value(items, __package__, 120)
 
 
 @pytest.fixture(autouse=True)
