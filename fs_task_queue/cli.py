@@ -296,6 +296,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  {w.id}  host={w.host} pid={w.pid} heartbeat {_duration(w.heartbeat_age)} ago  {running}{slurm}")
         if w.mismatch:
             print(f"    environment differs from its submitter's: {w.mismatch}")
+    if queue.storage.exists("slurm.json"):
+        from fs_task_queue.slurm import read_policy
+
+        policy = read_policy(queue)
+        if policy is not None:
+            print(policy.describe())
     failed = queue.jobs(JobStatus.FAILED)[-args.failures :] if args.failures else []
     if failed:
         print(f"recent failures (last {len(failed)}):")
@@ -471,10 +477,41 @@ def _cmd_slurm_submit(args: argparse.Namespace) -> int:
         sbatch_args=args.sbatch_arg or (),
         worker_args=args.worker_arg or (),
         dry_run=args.dry_run,
+        max_idle=args.max_idle,
+        max_workers=args.max,
+        max_pending=args.max_pending,
+        max_per_minute=args.max_per_minute,
     )
     if ids:
         print(f"submitted {len(ids)} worker job(s): {' '.join(ids)}")
     return 0
+
+
+def _cmd_slurm_scale(args: argparse.Namespace) -> int:
+    from fs_task_queue.slurm import scale
+
+    result = scale(
+        Queue(args.path, create=False),
+        max_workers=args.max,
+        max_pending=args.max_pending,
+        max_per_minute=args.max_per_minute,
+    )
+    print(result.message)
+    return 0
+
+
+def _add_pool_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max", type=_positive(int), metavar="N",
+        help="pool size: at most N worker jobs running or pending (recorded in the queue; scale and workers"
+        " nearing their limit submit more up to it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-pending", type=_positive(int), metavar="N", help="at most N pool jobs pending (default: --max)"
+    )
+    p.add_argument(
+        "--max-per-minute", type=_positive(int), metavar="N", help="at most N submissions a minute (default: 10)"
+    )
 
 
 def _add_slurm(sub: _Commands[argparse.ArgumentParser]) -> None:
@@ -502,8 +539,20 @@ def _add_slurm(sub: _Commands[argparse.ArgumentParser]) -> None:
         "--worker-arg", action="append", metavar="ARG",
         help="one more argument for the worker (repeatable), e.g. --worker-arg=--max-idle=300",
     )  # fmt: skip
+    s.add_argument(
+        "--max-idle", type=_positive(float, zero=True), default=300.0, metavar="SECONDS",
+        help="a worker with nothing to do for this long ends, and its job with it (default: 300; 0: never)",
+    )  # fmt: skip
+    _add_pool_options(s)
     s.add_argument("--dry-run", action="store_true", help="print the sbatch command and batch script; submit nothing")
     s.set_defaults(func=_cmd_slurm_submit)
+    c = actions.add_parser("scale", help="submit workers while tasks wait, up to the pool size", description=(
+        "Submit pool workers (the sbatch options recorded by `slurm submit --max N`) while tasks wait and"
+        " fewer workers than needed are running or pending, within the caps. Run it now and then (cron,"
+        " a notebook); workers nearing their limit submit their successors themselves."))  # fmt: skip
+    _add_path(c, "queue directory (it must exist)")
+    _add_pool_options(c)
+    c.set_defaults(func=_cmd_slurm_scale)
 
 
 def _add_path(p: argparse.ArgumentParser, text: str = "queue directory, or ssh://[user@]host[:port]/path") -> None:

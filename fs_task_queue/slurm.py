@@ -22,6 +22,9 @@ SLURM's kill comes on a 30 s tick at or after the end time, never before it.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
@@ -32,14 +35,32 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fs_task_queue._version import __version__
 from fs_task_queue.errors import SlurmError
 
-__all__ = ["SlurmJob", "SubmitOptions", "Walltime", "batch_script", "sbatch_argv", "submit_workers"]
+if TYPE_CHECKING:
+    from fs_task_queue.queue import Queue
+
+__all__ = [
+    "PoolPolicy",
+    "SlurmJob",
+    "SubmitOptions",
+    "Walltime",
+    "batch_script",
+    "read_policy",
+    "sbatch_argv",
+    "scale",
+    "submit_successor",
+    "submit_workers",
+    "write_policy",
+]
 
 log = logging.getLogger("fs_task_queue.worker")
+
+#: Seconds an idle SLURM worker waits for work before it ends (its job ends with it).
+DEFAULT_MAX_IDLE = 300.0
 
 #: Environment variables the generated script sets so a worker can compare its Python and version.
 SUBMIT_PYTHON_ENV = "FSQ_SUBMIT_PYTHON"
@@ -70,6 +91,8 @@ class SubmitOptions:
     sbatch_args: Sequence[str] = ()
     worker_args: Sequence[str] = ()
     python: str = field(default_factory=lambda: sys.executable)
+    max_idle: float | None = DEFAULT_MAX_IDLE
+    dependency: str | None = None
 
     def check(self) -> None:
         problems = []
@@ -95,6 +118,9 @@ def batch_script(queue_path: str | os.PathLike[str], options: SubmitOptions) -> 
     options.check()
     argv = [options.python, "-m", "fs_task_queue", "worker", "--path", os.path.abspath(os.fspath(queue_path))]
     argv += list(options.worker_args)
+    if options.max_idle is not None and not any(a.split("=")[0] == "--max-idle" for a in options.worker_args):
+        # An idle worker ends, so an empty queue costs no allocation (the pool submits more when work comes).
+        argv += ["--max-idle", f"{options.max_idle:g}"]
     python = sys.version.split()[0]
     return (
         "#!/bin/sh\n"
@@ -121,6 +147,8 @@ def sbatch_argv(options: SubmitOptions) -> list[str]:
         argv.append(f"--array={options.array}")
     if options.output:
         argv.append(f"--output={options.output}")
+    if options.dependency:
+        argv.append(f"--dependency={options.dependency}")
     return argv + list(options.sbatch_args)
 
 
@@ -138,16 +166,26 @@ def submit_workers(
     sbatch_args: Sequence[str] = (),
     worker_args: Sequence[str] = (),
     dry_run: bool = False,
+    max_idle: float | None = DEFAULT_MAX_IDLE,
+    max_workers: int | None = None,
+    max_pending: int | None = None,
+    max_per_minute: int | None = None,
 ) -> list[str]:
     """Submit ``n`` SLURM jobs, each one worker serving the queue at ``queue_path``; return their job ids.
 
     ``time`` is the walltime (``HH:MM:SS``); ``partition``, ``account``,
     ``cpus_per_task``, ``mem`` and ``array`` become the sbatch options of those
     names, ``sbatch_args`` go to sbatch as they are, ``worker_args`` to the
-    worker (e.g. ``["--max-idle", "300"]``). ``output`` is sbatch's
+    worker (e.g. ``["--log-level", "DEBUG"]``). ``max_idle``: an idle worker
+    ends after this many seconds (None or 0: never). ``output`` is sbatch's
     ``--output`` (default: ``slurm-%j.out`` in the current directory).
     With ``dry_run`` nothing is submitted: the sbatch command and batch script
     are printed and no id is returned.
+
+    With ``max_workers`` (the pool size) these options become the queue's pool
+    policy (``slurm.json``, see :class:`PoolPolicy`): :func:`scale` and workers
+    nearing their limit submit more workers like these, up to that many, with
+    at most ``max_pending`` pending and ``max_per_minute`` submissions a minute.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a whole number of jobs >= 1, not {n!r}")
@@ -164,12 +202,33 @@ def submit_workers(
         output=output,
         sbatch_args=tuple(sbatch_args),
         worker_args=tuple(worker_args),
+        max_idle=max_idle or None,
     )
+    policy = None
+    if max_workers is not None or max_pending is not None or max_per_minute is not None:
+        if max_workers is None:
+            raise ValueError("max_pending and max_per_minute belong to a pool: give max_workers (--max N) too")
+        options.job_name = pool_job_name(path)
+        policy = PoolPolicy(
+            max_workers=max_workers,
+            max_pending=max_pending if max_pending is not None else max_workers,
+            max_per_minute=max_per_minute if max_per_minute is not None else DEFAULT_MAX_PER_MINUTE,
+            options=options,
+        )
+        policy.check()
     script, argv = batch_script(path, options), sbatch_argv(options)
     if dry_run:
         print(f"# {n} x: {shlex.join(argv)} < script")
         print(script, end="")
         return []
+    if policy is not None:
+        from fs_task_queue.queue import Queue
+
+        write_policy(Queue(path, create=False), policy)
+    return _sbatch(script, argv, n)
+
+
+def _sbatch(script: str, argv: list[str], n: int) -> list[str]:
     if shutil.which("sbatch") is None:
         raise SlurmError("sbatch not found: run this on a SLURM login node (or put SLURM's bin directory on PATH)")
     ids: list[str] = []
@@ -284,3 +343,219 @@ class Walltime:
 
 def _clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+# ------------------------------------------------------------------ the pool
+#: The pool policy's file at the queue's root.
+POLICY_PATH = "slurm.json"
+#: Submissions a minute when the policy does not say (sites often allow about 10).
+DEFAULT_MAX_PER_MINUTE = 10
+#: Failed submissions in a row after which nothing submits until the policy is set again.
+MAX_FAILED_SUBMISSIONS = 3
+
+
+def pool_job_name(queue_path: str | os.PathLike[str]) -> str:
+    """The SLURM job name of a queue's pool workers: squeue counts them by it."""
+    path = os.path.abspath(os.fspath(queue_path))
+    return f"fsq-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class PoolPolicy:
+    """How many SLURM workers serve a queue, recorded in it (``slurm.json``) so workers can follow it too.
+
+    ``max_workers``: the pool size (running + pending worker jobs).
+    ``max_pending``: at most this many of them pending (a site's limit on queued jobs).
+    ``max_per_minute``: at most this many submissions in any minute.
+    ``options``: the sbatch options and worker arguments every pool worker gets.
+    ``submitted``: when the last submissions were made (for the per-minute cap);
+    ``failures``/``last_error``: failed submissions in a row; after
+    :data:`MAX_FAILED_SUBMISSIONS` nothing is submitted until the policy is set again.
+    """
+
+    max_workers: int
+    max_pending: int
+    max_per_minute: int
+    options: SubmitOptions
+    submitted: list[float] = field(default_factory=list)
+    failures: int = 0
+    last_error: str = ""
+
+    def check(self) -> None:
+        for what, value in (
+            ("max_workers (--max)", self.max_workers),
+            ("max_pending (--max-pending)", self.max_pending),
+            ("max_per_minute (--max-per-minute)", self.max_per_minute),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{what} must be a whole number >= 1, not {value!r}")
+        self.options.check()
+
+    def to_json(self) -> bytes:
+        record = dataclasses.asdict(self)
+        record["options"]["sbatch_args"] = list(self.options.sbatch_args)
+        record["options"]["worker_args"] = list(self.options.worker_args)
+        return json.dumps(record, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PoolPolicy:
+        record = json.loads(data)
+        options = SubmitOptions(**record.pop("options"))
+        return cls(options=options, **record)
+
+    def describe(self) -> str:
+        text = (
+            f"SLURM pool: at most {self.max_workers} worker(s), {self.max_pending} pending,"
+            f" {self.max_per_minute} submission(s) a minute; jobs named {self.options.job_name},"
+            f" --time {self.options.time}"
+        )
+        if self.failures >= MAX_FAILED_SUBMISSIONS:
+            text += f"; STOPPED after {self.failures} failed submissions (last: {self.last_error})"
+        elif self.failures:
+            text += f"; {self.failures} failed submission(s) in a row (last: {self.last_error})"
+        return text
+
+
+def read_policy(queue: Queue) -> PoolPolicy | None:
+    """The queue's pool policy, or None if it has none."""
+    try:
+        data = queue.storage.read(POLICY_PATH)
+    except FileNotFoundError:
+        return None
+    try:
+        return PoolPolicy.from_json(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SlurmError(
+            f"{queue.path}/{POLICY_PATH} is not a SLURM pool policy ({exc}): set it again with"
+            " `fs-task-queue slurm submit PATH --time ... --max N`"
+        ) from exc
+
+
+def write_policy(queue: Queue, policy: PoolPolicy) -> None:
+    """Record ``policy`` in the queue (atomically: a reader sees the old or the new one whole)."""
+    # Several workers may update it at about the same time (their submissions):
+    # the last write wins, which can only make the per-minute count too low by a few.
+    queue.storage.publish(POLICY_PATH, policy.to_json(), replace=True)
+
+
+def count_jobs(job_name: str) -> tuple[int, int]:
+    """(running, pending) SLURM jobs of this user named ``job_name``."""
+    import getpass
+
+    counts = []
+    for states in ("R,CF", "PD"):
+        done = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "-n", job_name, "-u", getpass.getuser(), "-t", states],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise SlurmError(f"squeue failed: {done.stderr.strip() or done.stdout.strip()}")
+        counts.append(len(done.stdout.split()))
+    return counts[0], counts[1]
+
+
+@dataclass
+class ScaleResult:
+    """What :func:`scale` did: the job ids submitted and why not more."""
+
+    submitted: list[str]
+    message: str
+
+
+def scale(
+    queue: Queue,
+    *,
+    max_workers: int | None = None,
+    max_pending: int | None = None,
+    max_per_minute: int | None = None,
+    dependency: str | None = None,
+    exclude: str | None = None,
+    limit: int | None = None,
+) -> ScaleResult:
+    """Submit pool workers while tasks wait and fewer than needed are running or pending.
+
+    Needed: one worker per waiting task, at most the pool size. The caps on
+    pending jobs and on submissions a minute hold; one failed submission ends
+    this call (no retry loop) and is counted, and after
+    :data:`MAX_FAILED_SUBMISSIONS` in a row nothing is submitted until the
+    policy is set again (``--max``). ``max_*`` given here update the policy.
+    ``dependency``/``exclude``/``limit`` are for a worker submitting its
+    successor: its own job is not counted, and at most ``limit`` are submitted.
+    """
+    policy = read_policy(queue)
+    if policy is None:
+        raise SlurmError(
+            f"{queue.path} has no SLURM pool policy: set one with"
+            " `fs-task-queue slurm submit PATH --time HH:MM:SS --max N` (its sbatch options are reused)"
+        )
+    if max_workers is not None or max_pending is not None or max_per_minute is not None:
+        policy.max_workers = max_workers if max_workers is not None else policy.max_workers
+        policy.max_pending = max_pending if max_pending is not None else policy.max_pending
+        policy.max_per_minute = max_per_minute if max_per_minute is not None else policy.max_per_minute
+        policy.failures, policy.last_error = 0, ""  # the user looked at it: try again
+        policy.check()
+        write_policy(queue, policy)
+    if policy.failures >= MAX_FAILED_SUBMISSIONS:
+        raise SlurmError(
+            f"not submitting: the last {policy.failures} submissions failed (last: {policy.last_error});"
+            " fix the cause, then set the pool again with `fs-task-queue slurm scale PATH --max N`"
+        )
+    waiting = queue.stats()["queued"]
+    running, pending = count_jobs(policy.options.job_name)
+    if exclude is not None:
+        running = max(0, running - 1)
+    have = running + pending
+    want = min(policy.max_workers, waiting) - have
+    if want <= 0:
+        return ScaleResult([], f"{waiting} task(s) waiting, {running} worker(s) running and {pending} pending:"
+                               f" enough (pool size {policy.max_workers})")  # fmt: skip
+    now = time.time()
+    policy.submitted = [t for t in policy.submitted if t > now - 60]
+    n, why = want, ""
+    for cap, reason in (
+        (policy.max_pending - pending, f"the cap of {policy.max_pending} pending job(s)"),
+        (policy.max_per_minute - len(policy.submitted), f"the cap of {policy.max_per_minute} submission(s) a minute"),
+        (limit, "one successor per worker"),
+    ):
+        if cap is not None and cap < n:
+            n, why = max(0, cap), reason
+    ids: list[str] = []
+    error = ""
+    if n > 0:
+        options = dataclasses.replace(policy.options, dependency=dependency)
+        script, argv = batch_script(queue.path, options), sbatch_argv(options)
+        for _ in range(n):
+            try:
+                ids += _sbatch(script, argv, 1)
+            except SlurmError as exc:
+                error = str(exc)
+                break
+            policy.submitted.append(time.time())
+        policy.failures, policy.last_error = (policy.failures + 1, error) if error else (0, "")
+        write_policy(queue, policy)
+    message = (
+        f"{waiting} task(s) waiting, {running} worker(s) running and {pending} pending;"
+        f" submitted {len(ids)} of the {want} needed (pool size {policy.max_workers})"
+        + (f" as job(s) {' '.join(ids)}" if ids else "")
+    )
+    if error:
+        message += f"; a submission failed ({policy.failures} in a row): {error}"
+        if policy.failures >= MAX_FAILED_SUBMISSIONS:
+            message += "; no more submissions until the pool is set again (`fs-task-queue slurm scale PATH --max N`)"
+    elif why:
+        message += f"; held back by {why}"
+    return ScaleResult(ids, message)
+
+
+def submit_successor(queue: Queue, job_id: str) -> ScaleResult | None:
+    """From a worker nearing its limit: submit one worker to start when its job ends, if the pool wants one.
+
+    None when the queue has no pool policy. The successor waits for this job
+    (``--dependency=afterany:<job_id>``), so the pool never holds more than its
+    size of allocations and the queue is not left without a worker.
+    """
+    if read_policy(queue) is None:
+        return None
+    return scale(queue, dependency=f"afterany:{job_id}", exclude=job_id, limit=1)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fs_task_queue import layout
 from fs_task_queue._version import __version__
+from fs_task_queue.errors import FSQError
 from fs_task_queue.execution import Executor, InProcess, TaskProcesses
 from fs_task_queue.ids import validate_worker_id
 from fs_task_queue.liveness import HostIdentity
@@ -224,6 +226,7 @@ class Worker:
         if left <= walltime.margin:
             kill_in = max(0.0, left - walltime.kill_margin)
             if not self._stop.is_set():
+                self._submit_successor(walltime.job.job_id)
                 self.stop(
                     f"SLURM job {walltime.job.job_id} ends in {max(0.0, left):.0f} s; the running task (if any)"
                     f" may go on for {kill_in:.0f} s, then it is put back in the queue"
@@ -235,6 +238,18 @@ class Worker:
             return walltime.due()
         # Wake when the margin is reached, even between two looks at squeue.
         return min(walltime.due(), left - walltime.margin)
+
+    def _submit_successor(self, job_id: str) -> None:
+        """Before draining: if the queue has a SLURM pool policy and work waits, submit the next worker."""
+        from fs_task_queue.slurm import submit_successor
+
+        try:
+            result = submit_successor(self.queue, job_id)
+        except (OSError, subprocess.SubprocessError, FSQError) as exc:
+            log.warning("no successor submitted for SLURM job %s: %s", job_id, exc)
+            return
+        if result is not None:
+            log.info("successor of SLURM job %s: %s", job_id, result.message)
 
     def _unregister(self) -> None:
         try:
