@@ -62,3 +62,20 @@ def test_expected_duration_must_be_a_positive_number(tmp_path: Path) -> None:
     for bad in (0, -1, float("inf"), "10"):
         with pytest.raises(ValueError, match="expected_duration must be a positive number"):
             queue.enqueue_call(print, expected_duration=bad)  # type: ignore[arg-type]
+
+
+def test_submitted_workers_end_when_idle_unless_told_otherwise(tmp_path: Path) -> None:
+    exec_line = batch_script(tmp_path, SubmitOptions(time="5:00")).splitlines()[-1]
+    assert shlex.split(exec_line)[-2:] == ["--max-idle", "300"]
+    own = batch_script(tmp_path, SubmitOptions(time="5:00", worker_args=["--max-idle=30"])).splitlines()[-1]
+    assert shlex.split(own)[-1] == "--max-idle=30" and own.count("--max-idle") == 1
+    never = batch_script(tmp_path, SubmitOptions(time="5:00", max_idle=None)).splitlines()[-1]
+    assert "--max-idle" not in never
+
+
+def test_pool_options_need_a_pool_size(tmp_path: Path) -> None:
+    from fs_task_queue.slurm import submit_workers
+
+    Queue(tmp_path / "q")
+    with pytest.raises(ValueError, match=r"give max_workers \(--max N\) too"):
+        submit_workers(tmp_path / "q", time="5:00", max_pending=2, dry_run=True)
