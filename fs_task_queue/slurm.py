@@ -552,10 +552,16 @@ def scale(
 def submit_successor(queue: Queue, job_id: str) -> ScaleResult | None:
     """From a worker nearing its limit: submit one worker to start when its job ends, if the pool wants one.
 
-    None when the queue has no pool policy. The successor waits for this job
+    None when the queue has no pool policy; only the pool's own jobs (named
+    :func:`pool_job_name`) replace themselves. The successor waits for this job
     (``--dependency=afterany:<job_id>``), so the pool never holds more than its
     size of allocations and the queue is not left without a worker.
     """
-    if read_policy(queue) is None:
+    policy = read_policy(queue)
+    if policy is None:
         return None
+    if os.environ.get("SLURM_JOB_NAME") != policy.options.job_name:
+        # Not one of the pool's jobs (submitted by hand or before the pool was set): it is not
+        # counted in the pool, so it must not replace itself in it.
+        return ScaleResult([], f"job {job_id} is not one of the pool's jobs ({policy.options.job_name})")
     return scale(queue, dependency=f"afterany:{job_id}", exclude=job_id, limit=1)

@@ -108,3 +108,23 @@ def test_a_worker_near_its_limit_submits_its_successor(slurm: SlurmCluster, tmp_
     release.touch()
     assert holder.wait(timeout=WAIT) == first
     assert {job.wait(timeout=WAIT) for job in rest} == {successor}
+
+
+def test_a_worker_outside_the_pool_does_not_replace_itself(slurm: SlurmCluster, tmp_path: Path) -> None:
+    qpath = tmp_path / "queue"
+    queue = Queue(qpath)
+    release = tmp_path / "release"
+    holder = queue.enqueue(hold_until, str(release))
+    queue.enqueue(slurm_job_of_task)
+    out = str(tmp_path / "slurm-%j.out")
+    with pytest.raises(SlurmError):  # records the pool (size 1), submits nothing
+        submit_workers(qpath, time="5:00", output=out, partition="nosuch", max_workers=1)
+    # Submitted by hand (not a pool job): counting it out of a pool it is not in would overfill the pool.
+    walltime_args = ["--walltime-check=1", "--walltime-margin=500"]
+    (own,) = submit_workers(qpath, time="10:00", output=out, worker_args=walltime_args)
+    wait_for(lambda: holder.get_status().value == "started", what="the first task to start")
+    slurm.run("scontrol", "update", f"JobId={own}", "TimeLimit=2")
+    wait_for(lambda: "successor of SLURM job" in job_log(tmp_path, own), what="the worker's decision")
+    assert "is not one of the pool's jobs" in job_log(tmp_path, own)
+    assert slurm.jobs() == [own]
+    release.touch()
