@@ -216,16 +216,23 @@ def submit_workers(
             options=options,
         )
         policy.check()
+        if n > max_workers:
+            raise ValueError(f"{n} worker jobs is more than the pool size {max_workers}: lower -n or raise --max")
     script, argv = batch_script(path, options), sbatch_argv(options)
     if dry_run:
         print(f"# {n} x: {shlex.join(argv)} < script")
         print(script, end="")
         return []
-    if policy is not None:
-        from fs_task_queue.queue import Queue
+    if policy is None:
+        return _sbatch(script, argv, n)
+    from fs_task_queue.queue import Queue
 
-        write_policy(Queue(path, create=False), policy)
-    return _sbatch(script, argv, n)
+    queue = Queue(path, create=False)
+    write_policy(queue, policy)  # first: the pool is set even if this submission fails
+    ids = _sbatch(script, argv, n)
+    policy.submitted = [_now()] * len(ids)  # they count against the per-minute cap
+    write_policy(queue, policy)
+    return ids
 
 
 def _sbatch(script: str, argv: list[str], n: int) -> list[str]:
@@ -444,12 +451,13 @@ def count_jobs(job_name: str) -> tuple[int, int]:
 
     counts = []
     for states in ("R,CF", "PD"):
-        done = subprocess.run(
-            ["squeue", "-h", "-o", "%i", "-n", job_name, "-u", getpass.getuser(), "-t", states],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        argv = ["squeue", "-h", "-o", "%i", "-n", job_name, "-u", getpass.getuser(), "-t", states]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError as exc:
+            raise SlurmError("squeue not found: run this on a SLURM login node (or put SLURM's bin on PATH)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise SlurmError("squeue gave no answer in 60 s: is slurmctld up? (try `squeue` yourself)") from exc
         if done.returncode != 0:
             raise SlurmError(f"squeue failed: {done.stderr.strip() or done.stdout.strip()}")
         counts.append(len(done.stdout.split()))
@@ -565,3 +573,8 @@ def submit_successor(queue: Queue, job_id: str) -> ScaleResult | None:
         # counted in the pool, so it must not replace itself in it.
         return ScaleResult([], f"job {job_id} is not one of the pool's jobs ({policy.options.job_name})")
     return scale(queue, dependency=f"afterany:{job_id}", exclude=job_id, limit=1)
+
+
+def _now() -> float:
+    # For submit_workers, whose ``time`` argument (sbatch's --time) hides the module.
+    return time.time()

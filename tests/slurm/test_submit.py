@@ -79,3 +79,23 @@ def test_pool_options_need_a_pool_size(tmp_path: Path) -> None:
     Queue(tmp_path / "q")
     with pytest.raises(ValueError, match=r"give max_workers \(--max N\) too"):
         submit_workers(tmp_path / "q", time="5:00", max_pending=2, dry_run=True)
+
+
+def test_a_pool_is_not_started_bigger_than_its_size(tmp_path: Path) -> None:
+    from fs_task_queue.slurm import submit_workers
+
+    Queue(tmp_path / "q")
+    with pytest.raises(ValueError, match="more than the pool size 2: lower -n or raise --max"):
+        submit_workers(tmp_path / "q", 3, time="5:00", max_workers=2, dry_run=True)
+
+
+def test_scale_without_squeue_says_where_to_run_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fs_task_queue.errors import SlurmError
+    from fs_task_queue.slurm import PoolPolicy, scale, write_policy
+
+    queue = Queue(tmp_path / "q")
+    queue.enqueue(print)
+    write_policy(queue, PoolPolicy(2, 2, 10, SubmitOptions(time="5:00")))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands here
+    with pytest.raises(SlurmError, match="squeue not found: run this on a SLURM login node"):
+        scale(queue)
