@@ -445,23 +445,40 @@ def write_policy(queue: Queue, policy: PoolPolicy) -> None:
     queue.storage.publish(POLICY_PATH, policy.to_json(), replace=True)
 
 
-def count_jobs(job_name: str) -> tuple[int, int]:
-    """(running, pending) SLURM jobs of this user named ``job_name``."""
+def count_jobs(job_name: str, *, exclude: str | None = None) -> tuple[int, int]:
+    """(running, pending) SLURM jobs of this user named ``job_name``, not counting ``exclude``.
+
+    A running job that a pending one depends on (a worker that submitted its
+    successor and is draining) is not counted: its successor stands for it.
+    Otherwise, when a whole pool nears its limit together, the first worker's
+    pending successor would make the pool look full to the others, and only
+    one of them would be replaced.
+    """
     import getpass
 
-    counts = []
-    for states in ("R,CF", "PD"):
-        argv = ["squeue", "-h", "-o", "%i", "-n", job_name, "-u", getpass.getuser(), "-t", states]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        except FileNotFoundError as exc:
-            raise SlurmError("squeue not found: run this on a SLURM login node (or put SLURM's bin on PATH)") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise SlurmError("squeue gave no answer in 60 s: is slurmctld up? (try `squeue` yourself)") from exc
-        if done.returncode != 0:
-            raise SlurmError(f"squeue failed: {done.stderr.strip() or done.stdout.strip()}")
-        counts.append(len(done.stdout.split()))
-    return counts[0], counts[1]
+    argv = ["squeue", "-h", "-o", "%i|%t|%E", "-n", job_name, "-u", getpass.getuser(), "-t", "R,CF,PD"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError as exc:
+        raise SlurmError("squeue not found: run this on a SLURM login node (or put SLURM's bin on PATH)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SlurmError("squeue gave no answer in 60 s: is slurmctld up? (try `squeue` yourself)") from exc
+    if done.returncode != 0:
+        raise SlurmError(f"squeue failed: {done.stderr.strip() or done.stdout.strip()}")
+    running: set[str] = set()
+    pending = 0
+    replaced: set[str] = set()
+    for line in done.stdout.splitlines():
+        job_id, state, dependency = ([*line.split("|", 2), "", ""])[:3]
+        if not job_id or job_id == exclude:
+            continue
+        if state == "PD":
+            pending += 1
+            # e.g. "afterany:123(unfulfilled)"; several are joined by "," or "?".
+            replaced.update(re.findall(r"afterany:(\d+)", dependency))
+        else:
+            running.add(job_id)
+    return len(running - replaced), pending
 
 
 @dataclass
@@ -511,9 +528,7 @@ def scale(
             " fix the cause, then set the pool again with `fs-task-queue slurm scale PATH --max N`"
         )
     waiting = queue.stats()["queued"]
-    running, pending = count_jobs(policy.options.job_name)
-    if exclude is not None:
-        running = max(0, running - 1)
+    running, pending = count_jobs(policy.options.job_name, exclude=exclude)
     have = running + pending
     want = min(policy.max_workers, waiting) - have
     if want <= 0:

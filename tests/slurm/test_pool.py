@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,10 @@ def hold_until(path: str) -> str:
     while not os.path.exists(path):
         time.sleep(0.05)
     return os.environ.get("SLURM_JOB_ID", "")
+
+
+def has_successor(tmp_path: Path, job_id: str) -> bool:
+    return "successor of SLURM job" in job_log(tmp_path, job_id)
 
 
 def pool_jobs(slurm: SlurmCluster, qpath: Path) -> list[str]:
@@ -129,3 +134,26 @@ def test_a_worker_outside_the_pool_does_not_replace_itself(slurm: SlurmCluster, 
     assert "is not one of the pool's jobs" in job_log(tmp_path, own)
     assert slurm.jobs() == [own]
     release.touch()
+
+
+def test_a_whole_pool_near_its_limit_is_replaced(slurm: SlurmCluster, tmp_path: Path) -> None:
+    qpath = tmp_path / "queue"
+    queue = Queue(qpath)
+    release = tmp_path / "release"
+    holders = [queue.enqueue(hold_until, str(release)) for _ in range(2)]
+    rest = [queue.enqueue(slurm_job_of_task) for _ in range(4)]
+    walltime_args = ["--walltime-check=1", "--walltime-margin=500"]
+    out = str(tmp_path / "slurm-%j.out")
+    first = submit_workers(qpath, 2, time="10:00", output=out, worker_args=walltime_args, max_workers=2)
+    wait_for(lambda: queue.stats()["started"] == 2, what="both workers running a task")
+    # One after the other: the second worker sees the first one's pending successor, which stands
+    # for the first (draining) worker, not for itself.
+    for job_id in first:
+        slurm.run("scontrol", "update", f"JobId={job_id}", "TimeLimit=2")
+        wait_for(partial(has_successor, tmp_path, job_id), what=f"job {job_id}'s successor")
+        assert "submitted 1 of the 1 needed" in job_log(tmp_path, job_id), job_log(tmp_path, job_id)
+    successors = set(pool_jobs(slurm, qpath)) - set(first)
+    assert len(successors) == 2
+    release.touch()
+    assert {job.wait(timeout=WAIT) for job in holders} == set(first)
+    assert {job.wait(timeout=WAIT) for job in rest} <= successors
