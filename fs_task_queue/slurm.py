@@ -22,6 +22,7 @@ SLURM's kill comes on a 30 s tick at or after the end time, never before it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,10 +31,11 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -509,6 +511,19 @@ def scale(
     ``dependency``/``exclude``/``limit`` are for a worker submitting its
     successor: its own job is not counted, and at most ``limit`` are submitted.
     """
+    with _pool_lock(queue):
+        return _scale(queue, max_workers, max_pending, max_per_minute, dependency, exclude, limit)
+
+
+def _scale(
+    queue: Queue,
+    max_workers: int | None,
+    max_pending: int | None,
+    max_per_minute: int | None,
+    dependency: str | None,
+    exclude: str | None,
+    limit: int | None,
+) -> ScaleResult:
     policy = read_policy(queue)
     if policy is None:
         raise SlurmError(
@@ -570,6 +585,45 @@ def scale(
     elif why:
         message += f"; held back by {why}"
     return ScaleResult(ids, message)
+
+
+#: The pool's lock file: one scale at a time counts the pool, submits and records it.
+LOCK_PATH = "slurm.lock"
+#: How long to wait for the lock; one held longer than STALE_LOCK is taken over (its holder died).
+LOCK_WAIT = 60.0
+STALE_LOCK = 300.0
+
+
+@contextlib.contextmanager
+def _pool_lock(queue: Queue) -> Iterator[None]:
+    # Without it, two workers nearing their limit together both see room for one more and
+    # the pool overfills, and their updates of the per-minute count overwrite each other.
+    storage = queue.storage
+    deadline = time.monotonic() + LOCK_WAIT
+    owner = f"{socket.gethostname()} {os.getpid()}".encode()
+    while True:
+        try:
+            storage.publish(LOCK_PATH, owner, replace=False)
+            break
+        except FileExistsError:
+            pass
+        with contextlib.suppress(FileNotFoundError):
+            if storage.now() - storage.stat(LOCK_PATH).mtime > STALE_LOCK:
+                held = f"{queue.path}/{LOCK_PATH}"
+                log.warning("taking over the SLURM pool lock %s (held over %.0f s)", held, STALE_LOCK)
+                storage.remove(LOCK_PATH)
+                continue
+        if time.monotonic() > deadline:
+            raise SlurmError(
+                f"the SLURM pool of {queue.path} is busy ({LOCK_PATH} held for over {LOCK_WAIT:.0f} s): if no"
+                f" `slurm scale` or worker is submitting, remove {queue.path}/{LOCK_PATH}"
+            )
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            storage.remove(LOCK_PATH)
 
 
 def submit_successor(queue: Queue, job_id: str) -> ScaleResult | None:

@@ -99,3 +99,27 @@ def test_scale_without_squeue_says_where_to_run_it(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands here
     with pytest.raises(SlurmError, match="squeue not found: run this on a SLURM login node"):
         scale(queue)
+
+
+def test_one_scale_at_a_time_and_a_dead_holders_lock_is_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from fs_task_queue import slurm
+    from fs_task_queue.errors import SlurmError
+
+    queue = Queue(tmp_path / "q")
+    queue.enqueue(print)
+    slurm.write_policy(queue, slurm.PoolPolicy(2, 2, 10, SubmitOptions(time="5:00")))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM here: getting as far as squeue means the lock was taken
+    lock = tmp_path / "q" / slurm.LOCK_PATH
+    lock.write_text("otherhost 1")
+    monkeypatch.setattr(slurm, "LOCK_WAIT", 0.0)
+    with pytest.raises(SlurmError, match=f"is busy .*remove {lock}"):
+        slurm.scale(queue)
+    assert lock.exists()  # not ours to remove
+    os.utime(lock, (0, 0))  # its holder died long ago
+    with pytest.raises(SlurmError, match="squeue not found"):
+        slurm.scale(queue)
+    assert not lock.exists()
