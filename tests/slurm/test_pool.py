@@ -111,9 +111,11 @@ def test_a_worker_near_its_limit_submits_its_successor(slurm: SlurmCluster, tmp_
     assert "submitted 1 of the 1 needed" in log, log
     (successor,) = [j for j in pool_jobs(slurm, qpath) if j != first]
     assert "afterany" in slurm.run("scontrol", "show", "job", successor)
+    released = time.monotonic()
     release.touch()
     assert holder.wait(timeout=WAIT) == first
     assert {job.wait(timeout=WAIT) for job in rest} == {successor}
+    print(f"predecessor's last task released -> successor's tasks done: {time.monotonic() - released:.2f} s")
 
 
 def test_a_worker_outside_the_pool_does_not_replace_itself(slurm: SlurmCluster, tmp_path: Path) -> None:
