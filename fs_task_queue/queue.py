@@ -343,7 +343,9 @@ class Queue:
             if info is not None:
                 # Nothing is made in a directory another user controls.
                 check_queue_permissions(storage, shared)
-                known = {*layout.SUBDIRS, layout.KEY_FILE}
+                # The format file too: a racing creator may finish between our
+                # look for it and this listing (then the queue is complete).
+                known = {*layout.SUBDIRS, layout.KEY_FILE, layout.FORMAT_FILE}
                 foreign = sorted(n for n in storage.listdir("") if n not in known)
                 if foreign:
                     shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")

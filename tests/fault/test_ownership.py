@@ -381,3 +381,22 @@ def test_creators_racing_on_one_path_all_succeed(tmp_path, shared):
     queue = Queue(path, create=False)
     assert queue._format["shared"] is shared
     assert len(queue.jobs()) == 6
+
+
+def test_a_creator_that_finishes_between_our_look_and_our_listing(tmp_path):
+    # The race of racing creators, made exact: our look for the format file misses it, and
+    # by our listing another creator has published it. The queue is complete: open it.
+    from fs_task_queue.storage.local import LocalStorage
+
+    class FormatPublishedJustAfterOurLook(LocalStorage):
+        looked = False
+
+        def read(self, path: str) -> bytes:
+            if path == "fsq-format.json" and not self.looked:
+                self.looked = True
+                raise FileNotFoundError(path)
+            return super().read(path)
+
+    first = Queue(tmp_path / "q")
+    second = Queue(storage=FormatPublishedJustAfterOurLook(tmp_path / "q"))
+    assert second._key == first._key
