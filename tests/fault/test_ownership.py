@@ -389,13 +389,23 @@ def test_a_creator_that_finishes_between_our_look_and_our_listing(tmp_path):
     from fs_task_queue.storage.local import LocalStorage
 
     class FormatPublishedJustAfterOurLook(LocalStorage):
-        looked = False
+        """Our first looks (the format file, then the root's names) come before the other creator's
+        key and format file; later ones see them, as the listing before creating does."""
+
+        read_once = listed_once = False
 
         def read(self, path: str) -> bytes:
-            if path == "fsq-format.json" and not self.looked:
-                self.looked = True
+            if path == "fsq-format.json" and not self.read_once:
+                self.read_once = True
                 raise FileNotFoundError(path)
             return super().read(path)
+
+        def listdir(self, path: str) -> list[str]:
+            names = super().listdir(path)
+            if path == "" and not self.listed_once:
+                self.listed_once = True
+                return [n for n in names if n not in ("key", "fsq-format.json")]
+            return names
 
     first = Queue(tmp_path / "q")
     second = Queue(storage=FormatPublishedJustAfterOurLook(tmp_path / "q"))
