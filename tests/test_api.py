@@ -367,18 +367,22 @@ def test_exception(queue):
 
 
 # ------------------------------------------------------------------------ info
-def test_info_records_when_and_where(queue, worker):
+def test_info_records_when_and_where(queue, worker, tmp_path):
     before = time.time()
-    job = queue.enqueue_call(operator.add, (1, 2), metadata={"owner": "tests"})
-    info = job.info()
+    # A queue nobody serves, for the info of a queued job: the running worker may
+    # claim a job on `queue` before its first info() is read.
+    idle = Queue(tmp_path / "nobody-serves-this")
+    waiting = idle.enqueue_call(operator.add, (1, 2), metadata={"owner": "tests"})
+    info = waiting.info()
     assert isinstance(info, JobInfo)
-    assert info.id == job.id
+    assert info.id == waiting.id
     assert info.status == "queued"
     assert before <= info.enqueued_at <= time.time()
     assert info.started_at is None and info.ended_at is None and info.worker is None
     assert info.metadata == {"owner": "tests"}
     assert "add" in info.function
 
+    job = queue.enqueue_call(operator.add, (1, 2), metadata={"owner": "tests"})
     assert job.wait(timeout=WAIT) == 3
     info = job.info()
     assert info.status == "finished"
