@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import logging
 import os
 import select
@@ -482,7 +483,9 @@ def _cmd_slurm_submit(args: argparse.Namespace) -> int:
         max_pending=args.max_pending,
         max_per_minute=args.max_per_minute,
     )
-    if ids:
+    if args.json:
+        print(json.dumps({"job_ids": ids}))
+    elif ids:
         print(f"submitted {len(ids)} worker job(s): {' '.join(ids)}")
     return 0
 
@@ -496,7 +499,7 @@ def _cmd_slurm_scale(args: argparse.Namespace) -> int:
         max_pending=args.max_pending,
         max_per_minute=args.max_per_minute,
     )
-    print(result.message)
+    print(json.dumps({"job_ids": result.submitted, "message": result.message}) if args.json else result.message)
     return 0
 
 
@@ -545,6 +548,7 @@ def _add_slurm(sub: _Commands[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     _add_pool_options(s)
     s.add_argument("--dry-run", action="store_true", help="print the sbatch command and batch script; submit nothing")
+    _add_json(s)
     s.set_defaults(func=_cmd_slurm_submit)
     c = actions.add_parser("scale", help="submit workers while tasks wait, up to the pool size", description=(
         "Submit pool workers (the sbatch options recorded by `slurm submit --max N`) while tasks wait and"
@@ -552,7 +556,13 @@ def _add_slurm(sub: _Commands[argparse.ArgumentParser]) -> None:
         " a notebook); workers nearing their limit submit their successors themselves."))  # fmt: skip
     _add_path(c, "queue directory (it must exist)")
     _add_pool_options(c)
+    _add_json(c)
     c.set_defaults(func=_cmd_slurm_scale)
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    # What SSHQueue reads when it runs this command on the cluster for a laptop.
+    p.add_argument("--json", action="store_true", help="print the submitted job ids (and message) as JSON")
 
 
 def _add_path(p: argparse.ArgumentParser, text: str = "queue directory, or ssh://[user@]host[:port]/path") -> None:

@@ -19,7 +19,7 @@ from fs_task_queue.status import JobStatus
 if TYPE_CHECKING:
     from fs_task_queue.group import JobGroup
     from fs_task_queue.job import Job
-    from fs_task_queue.progress import Progress
+    from fs_task_queue.progress import Progress, WorkerInfo
     from fs_task_queue.queue import Queue
 
 __all__ = ["STATUS_COLORS", "group_html", "job_html", "queue_html"]
@@ -217,8 +217,11 @@ def queue_html(queue: Queue, *, recent: int = 8) -> str:
     badges = " ".join(f"{status_badge(s)} {stats.get(s.value, 0)}" for s in STATUS_COLORS)
     parts = [f'<div style="{_BOX}"><b>Queue</b> <code>{escape(queue.path)}</code>', _rows([("jobs", badges)])]
     if workers:
-        head = "".join(f'<th style="{_CELL}">{h}</th>' for h in ("worker", "host", "heartbeat", "running"))
+        in_slurm = any(w.slurm_job_id for w in workers)
+        columns = ("worker", "host", "heartbeat", "running") + (("SLURM job",) if in_slurm else ())
+        head = "".join(f'<th style="{_CELL}">{h}</th>' for h in columns)
         body = ""
+        now = time.time()
         for w in workers:
             age = w.heartbeat_age or 0.0
             stale = age > STALE_AFTER
@@ -227,8 +230,11 @@ def queue_html(queue: Queue, *, recent: int = 8) -> str:
             running = ", ".join(w.running) or "-"
             body += (
                 f"<tr{style}><td style='{_CELL}'>{escape(w.id)}</td><td style='{_CELL}'>{escape(w.host or '?')}</td>"
-                f"<td style='{_CELL}'>{beat}</td><td style='{_CELL}'>{escape(running)}</td></tr>"
+                f"<td style='{_CELL}'>{beat}</td><td style='{_CELL}'>{escape(running)}</td>"
             )
+            if in_slurm:
+                body += f"<td style='{_CELL}'>{escape(_slurm_cell(w, now))}</td>"
+            body += "</tr>"
         parts.append(f'<table style="border-collapse: collapse; margin: 4px 0"><tr>{head}</tr>{body}</table>')
     else:
         parts.append(
@@ -242,3 +248,11 @@ def queue_html(queue: Queue, *, recent: int = 8) -> str:
         parts.append("<div><b>recent jobs</b></div>" + _rows(rows))
     parts.append("</div>")
     return "".join(parts)
+
+
+def _slurm_cell(worker: WorkerInfo, now: float) -> str:
+    """``12345 (debug), 9m 30s left`` for a worker in a SLURM job, else ``-``."""
+    if not worker.slurm_job_id:
+        return "-"
+    left = "end unknown" if worker.slurm_end_time is None else duration(max(0.0, worker.slurm_end_time - now)) + " left"
+    return f"{worker.slurm_job_id} ({worker.partition or '-'}), {left}"

@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from fs_task_queue._version import __version__
 from fs_task_queue.errors import SlurmError
@@ -46,7 +46,9 @@ if TYPE_CHECKING:
     from fs_task_queue.queue import Queue
 
 __all__ = [
+    "POLICY_PATH",
     "PoolPolicy",
+    "ScaleResult",
     "SlurmJob",
     "SubmitOptions",
     "Walltime",
@@ -155,7 +157,7 @@ def sbatch_argv(options: SubmitOptions) -> list[str]:
 
 
 def submit_workers(
-    queue_path: str | os.PathLike[str],
+    queue_path: str | os.PathLike[str] | Queue,
     n: int = 1,
     *,
     time: str,
@@ -175,6 +177,13 @@ def submit_workers(
 ) -> list[str]:
     """Submit ``n`` SLURM jobs, each one worker serving the queue at ``queue_path``; return their job ids.
 
+    ``queue_path`` is a queue directory or a :class:`~fs_task_queue.Queue`. For
+    a queue on another machine (an ``SSHQueue``) the jobs are submitted there:
+    ``fs-task-queue slurm submit`` runs on the queue's host with these options
+    as separate, quoted words (see :meth:`Storage.run_cli
+    <fs_task_queue.storage.Storage.run_cli>`), and its workers run the Python
+    that fs-task-queue runs with there (``remote_python``).
+
     ``time`` is the walltime (``HH:MM:SS``); ``partition``, ``account``,
     ``cpus_per_task``, ``mem`` and ``array`` become the sbatch options of those
     names, ``sbatch_args`` go to sbatch as they are, ``worker_args`` to the
@@ -191,6 +200,18 @@ def submit_workers(
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a whole number of jobs >= 1, not {n!r}")
+    if _on_another_host(queue_path):
+        words = ["-n", str(n), f"--time={time}", f"--max-idle={max_idle or 0:g}"]
+        words += _words(partition=partition, account=account, cpus_per_task=cpus_per_task, mem=mem, array=array)
+        words += _words(output=output, sbatch_arg=sbatch_args, worker_arg=worker_args)
+        words += _words(max=max_workers, max_pending=max_pending, max_per_minute=max_per_minute)
+        if dry_run:
+            print(_run_on_host(queue_path, ["slurm", "submit", *words, "--dry-run"]), end="")
+            return []
+        answer = json.loads(_run_on_host(queue_path, ["slurm", "submit", *words, "--json"]))
+        return [str(i) for i in answer["job_ids"]]
+    if not isinstance(queue_path, (str, os.PathLike)):
+        queue_path = queue_path.path
     path = os.path.abspath(os.fspath(queue_path))
     if not dry_run and not os.path.isdir(path):
         raise ValueError(f"{path} is not a directory: create the queue first (fs-task-queue info shows it)")
@@ -510,7 +531,14 @@ def scale(
     policy is set again (``--max``). ``max_*`` given here update the policy.
     ``dependency``/``exclude``/``limit`` are for a worker submitting its
     successor: its own job is not counted, and at most ``limit`` are submitted.
+
+    For a queue on another machine (an ``SSHQueue``) this runs ``fs-task-queue
+    slurm scale`` there, as :func:`submit_workers` does.
     """
+    if _on_another_host(queue):
+        options = _words(max=max_workers, max_pending=max_pending, max_per_minute=max_per_minute)
+        answer = json.loads(_run_on_host(queue, ["slurm", "scale", *options, "--json"]))
+        return ScaleResult([str(i) for i in answer["job_ids"]], str(answer["message"]))
     with _pool_lock(queue):
         return _scale(queue, max_workers, max_pending, max_per_minute, dependency, exclude, limit)
 
@@ -647,3 +675,41 @@ def submit_successor(queue: Queue, job_id: str) -> ScaleResult | None:
 def _now() -> float:
     # For submit_workers, whose ``time`` argument (sbatch's --time) hides the module.
     return time.time()
+
+
+def _on_another_host(queue: object) -> TypeGuard[Queue]:
+    """Whether ``queue`` is a Queue whose directory is not on this machine (an SSHQueue)."""
+    from fs_task_queue.queue import Queue
+
+    return isinstance(queue, Queue) and queue.storage.local_path("") is None
+
+
+def _words(**options: object) -> list[str]:
+    """Command-line options of ``fs-task-queue slurm``, one word each (``--name=value``: a value may start with -)."""
+    words = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        for one in value if isinstance(value, (list, tuple)) else [value]:
+            if one is not None:
+                words.append(f"{flag}={one}")
+    return words
+
+
+def _run_on_host(queue: Queue, args: list[str]) -> str:
+    """Run ``fs-task-queue ARGS`` where the queue is; its standard output, or SlurmError with its own words."""
+    try:
+        done = queue.storage.run_cli(args)
+    except OSError as exc:
+        raise SlurmError(f"cannot run fs-task-queue on the host of {queue.path}: {exc}") from None
+    if done.returncode != 0:
+        said = done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}"
+        hint = ""
+        if "No module named fs_task_queue" in said or done.returncode == 127:
+            hint = (
+                ". Fix: install fs-task-queue there (the workers' environment), or point remote_python= (or"
+                " FSQ_SSH_REMOTE_PYTHON) at the Python that has it"
+            )
+        elif "unrecognized arguments: --json" in said:
+            hint = ". Fix: the fs-task-queue there is older than this one: upgrade it"
+        raise SlurmError(f"`{done.command}` failed on the host of {queue.path}: {said}{hint}")
+    return done.stdout

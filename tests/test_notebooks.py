@@ -18,9 +18,9 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-#: Run by their own suites, which start what they need: an sshd (tests/ssh/test_notebook.py)
-#: and a dask cluster (tests/test_dask.py).
-RUN_ELSEWHERE = {"ssh.ipynb", "dask.ipynb"}
+#: Run by their own suites, which start what they need: an sshd (tests/ssh/test_notebook.py),
+#: a dask cluster (tests/test_dask.py) and a SLURM cluster (tests/slurm/test_notebook.py).
+RUN_ELSEWHERE = {"ssh.ipynb", "dask.ipynb", "slurm.ipynb"}
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 STATE_MIME = "application/vnd.jupyter.widget-state+json"
 

@@ -22,7 +22,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from fs_task_queue.errors import NoSuchJobError, WaitInterrupted
+from fs_task_queue.errors import FSQError, NoSuchJobError, WaitInterrupted
 from fs_task_queue.group import JobGroup
 from fs_task_queue.job import Job
 from fs_task_queue.jupyter import replay, ship, views
@@ -76,8 +76,23 @@ def _line_parser() -> _Parser:
     p = sub.add_parser("wait", help="block until a job or group is done (interrupt stops the wait)", add_help=True)
     p.add_argument("job", nargs="?", metavar="JOB|VAR", help="(default: the last)")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
-    p = sub.add_parser("workers", help="run N local worker processes on the default queue (0 stops)", add_help=True)
+    p = sub.add_parser(
+        "workers",
+        help="run N local worker processes on the default queue (0 stops), or submit N SLURM worker jobs (--slurm)",
+        add_help=True,
+    )
     p.add_argument("n", type=int, metavar="N")
+    g = p.add_argument_group("SLURM", "with --slurm: N batch jobs, each one worker (on the queue's host for ssh://)")
+    g.add_argument("--slurm", action="store_true", help="submit N SLURM worker jobs (see docs/slurm.md)")
+    g.add_argument("--time", metavar="HH:MM:SS", help="each job's time limit (sbatch --time); required")
+    g.add_argument("--partition", help="sbatch --partition")
+    g.add_argument("--account", help="sbatch --account")
+    g.add_argument("--cpus-per-task", type=int, metavar="N", help="sbatch --cpus-per-task")
+    g.add_argument("--mem", metavar="SIZE", help="sbatch --mem, e.g. 4G")
+    g.add_argument("--max", type=int, metavar="N", help="pool size: later %%%%fsq cells submit workers up to N")
+    g.add_argument("--max-idle", type=float, metavar="SECONDS", help="an idle worker ends (default: 300; 0: never)")
+    g.add_argument("--sbatch-arg", action="append", metavar="ARG", help="one more sbatch argument (repeatable)")
+    g.add_argument("--dry-run", action="store_true", help="print the sbatch command and batch script only")
     return parser
 
 
@@ -104,6 +119,12 @@ class FsqMagics(Magics):
     )
     @arg("--timeout", type=float, metavar="SECONDS", help="the task's time limit on the worker")
     @arg("--retries", type=int, default=0, metavar="N", help="run again up to N times if it fails")
+    @arg(
+        "--expected-duration",
+        type=float,
+        metavar="SECONDS",
+        help="how long the cell runs: a SLURM worker with less time left leaves it to another",
+    )
     @arg("--push", type=_names, default=(), metavar="A,B", help="also ship these variables")
     @arg("--pull", type=_names, metavar="A,B", help="bring back exactly these variables")
     @arg(
@@ -162,7 +183,11 @@ class FsqMagics(Magics):
             "cell": self.shell.execution_count,
             "summary": _summary(cell),
         }
-        options: dict[str, Any] = {"timeout": args.timeout, "retries": args.retries}
+        options: dict[str, Any] = {
+            "timeout": args.timeout,
+            "retries": args.retries,
+            "expected_duration": args.expected_duration,
+        }
         handle: Job | JobGroup
         group_id = None
         if maps:
@@ -173,6 +198,7 @@ class FsqMagics(Magics):
         else:
             handle = queue.enqueue_call(run_cell, (spec,), metadata={"fsq": meta}, **options)
         self.session.last = handle
+        self._follow_backlog(queue)
         if args.name:
             self.shell.user_ns[args.name] = handle
         display = views.show(handle)
@@ -188,6 +214,13 @@ class FsqMagics(Magics):
 
             show_bundle(pulled.last_bundle, raw=True)
         return None if pulled.last is replay.NOTHING else pulled.last
+
+    def _follow_backlog(self, queue: Queue) -> None:
+        from fs_task_queue.jupyter.slurmworkers import follow_backlog
+
+        said = follow_backlog(queue)
+        if said:
+            print(said)
 
     def _queue(self, given: str | None) -> Queue:
         if given is None:
@@ -319,9 +352,21 @@ class FsqMagics(Magics):
         self.session.before_cell()  # --autopull ones arrive now
 
     def _cmd_workers(self, args: Any) -> None:
+        from fs_task_queue.jupyter import slurmworkers
         from fs_task_queue.jupyter.localworkers import LocalWorkers
 
         queue = self._queue(None)
+        if args.slurm:
+            if args.n < 1:
+                raise UsageError("%fsq workers --slurm N: N is the number of worker jobs to submit (>= 1)")
+            try:
+                print(slurmworkers.submit(queue, args.n, args))
+            except (ValueError, FSQError) as exc:
+                raise UsageError(f"%fsq workers --slurm: {exc}") from None
+            return
+        given = [f"--{name.replace('_', '-')}" for name in slurmworkers.SLURM_OPTIONS if getattr(args, name)]
+        if given:
+            raise UsageError(f"{', '.join(given)}: SLURM options, for `%fsq workers --slurm N --time HH:MM:SS`")
         if self.session.workers is None:
             if args.n == 0:
                 print("fsq: no local workers running")

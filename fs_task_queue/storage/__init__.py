@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from fs_task_queue.watch import DirWatcher
 
-__all__ = ["FileInfo", "Storage", "UserIds"]
+__all__ = ["CommandResult", "FileInfo", "Storage", "UserIds"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,17 @@ class UserIds:
     gids: frozenset[int]
     #: The user's name, for messages.
     name: str
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What :meth:`Storage.run_cli` ran and returned."""
+
+    #: The command line, for messages (its words quoted as the host's shell would see them).
+    command: str
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 @runtime_checkable
@@ -229,6 +240,18 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release what the storage holds (descriptors, connections); it opens them again if used later."""
+        ...
+
+    def run_cli(self, args: list[str], *, timeout: float = 120.0) -> CommandResult:
+        """Run ``python -m fs_task_queue ARGS --path ROOT`` on the machine that holds the queue.
+
+        ``ROOT`` is this queue's directory as that machine names it (only the
+        storage knows it). The one command a queue runs on its host (``slurm
+        submit`` from a laptop, for one): always fs-task-queue's own CLI with
+        its Python there, each argument passed as one word (quoted for a remote
+        shell, never a string built from input). Raises ``OSError`` when it
+        cannot be started (an SFTP-only account); a non-zero exit is returned.
+        """
         ...
 
     def local_path(self, path: str) -> str | None:

@@ -24,13 +24,16 @@ import ctypes
 import errno
 import functools
 import os
+import shlex
 import stat as stat_mod
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fs_task_queue.errors import SymlinkInQueueError
-from fs_task_queue.storage import FileInfo, UserIds
+from fs_task_queue.storage import CommandResult, FileInfo, UserIds
 from fs_task_queue.watch import DirWatcher
 
 _T = TypeVar("_T")
@@ -175,6 +178,11 @@ class LocalStorage:
 
     def local_path(self, path: str) -> str | None:
         return self._abs(path)
+
+    def run_cli(self, args: list[str], *, timeout: float = 120.0) -> CommandResult:
+        argv = [sys.executable, "-m", "fs_task_queue", *args, "--path", self.root]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        return CommandResult(shlex.join(argv), done.returncode, done.stdout, done.stderr)
 
     # ------------------------------------------------------------ resolving
     def _root(self) -> int:

@@ -61,7 +61,7 @@ from paramiko.sftp_attr import SFTPAttributes
 from fs_task_queue import layout
 from fs_task_queue.errors import HostKeyError, QueueError, RemoteConnectionError, SymlinkInQueueError
 from fs_task_queue.serialize import python_version
-from fs_task_queue.storage import FileInfo, UserIds
+from fs_task_queue.storage import CommandResult, FileInfo, UserIds
 from fs_task_queue.watch import DirWatcher
 
 __all__ = ["RequestCounts", "SFTPStorage", "SSHOptions", "SSHTarget", "open_ssh_storage", "parse_ssh_url"]
@@ -598,12 +598,27 @@ class _Connection:
 
     def run(self, command: list[str]) -> str:
         """Run a command whose words are quoted here (never a shell string built from input)."""
+        return self.run_command(command).stdout
+
+    def run_command(self, command: list[str], timeout: float | None = None) -> CommandResult:
+        """Run ``command`` there (its words quoted here, one channel); its exit status and output."""
         client = self._clients[-1] if self._clients else None
         if client is None:
             self.sftp()
             client = self._clients[-1]
-        _, out, _ = client.exec_command(shlex.join(command), timeout=self.options.timeout)
-        return str(out.read().decode("utf-8", "replace"))
+        line = shlex.join(command)
+        try:
+            _, out, err = client.exec_command(line, timeout=timeout or self.options.timeout)
+            # Both pipes drained before the status: a full stderr must not stall the command.
+            stdout = out.read().decode("utf-8", "replace")
+            stderr = err.read().decode("utf-8", "replace")
+            status = out.channel.recv_exit_status()
+        except paramiko.SSHException as exc:
+            raise OSError(
+                f"{self.target.url()} runs no commands for this account ({exc}): an SFTP-only login"
+                " (ForceCommand internal-sftp) can submit tasks but not run fs-task-queue there"
+            ) from None
+        return CommandResult(line, status, stdout, stderr)
 
     def drop(self) -> None:
         """Forget a broken connection; the next call connects again."""
@@ -897,6 +912,14 @@ class SFTPStorage:
 
     def local_path(self, path: str) -> str | None:
         return None
+
+    @property
+    def _python(self) -> str:
+        return str(self._conn.options.remote_python)  # resolved: the option, FSQ_SSH_REMOTE_PYTHON, or python3
+
+    def run_cli(self, args: list[str], *, timeout: float = 120.0) -> CommandResult:
+        command = [self._python, "-m", "fs_task_queue", *args, "--path", self.root]
+        return self._conn.run_command(command, timeout=timeout)
 
     def watcher(self, directory: str, *, nested: bool = False) -> DirWatcher:
         # No notifications over SFTP: each tick of a wait is one request (a look

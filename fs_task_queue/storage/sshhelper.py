@@ -190,10 +190,6 @@ class HelperStorage(SFTPStorage):
         """Why the helper is not in use (None when it is, or has not been tried)."""
         return self._why_not
 
-    @property
-    def _python(self) -> str:
-        return str(self._conn.options.remote_python)  # resolved: the option, FSQ_SSH_REMOTE_PYTHON, or python3
-
     def _live(self) -> _Helper | None:
         helper = self._helper
         return helper if helper is not None and helper.dead is None else None

@@ -190,7 +190,8 @@ def test_help_everywhere(shell: InteractiveShell) -> None:
         run(shell, "%fsq --help")
         run(shell, "%fsq workers -h")
         run(shell, "%%fsq --help\nx = 1\n")
-    assert "%fsq [-h] COMMAND" in out.stdout and "%fsq workers [-h] N" in out.stdout
+    assert "%fsq [-h] COMMAND" in out.stdout and "%fsq workers [-h] [--slurm]" in out.stdout
+    assert "with --slurm: N batch jobs" in out.stdout and "later %%fsq cells submit workers" in out.stdout
     assert "--map NAME=EXPR" in out.stdout and "--no-wait" in out.stdout
     assert "x" not in shell.user_ns
 

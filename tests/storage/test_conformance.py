@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,13 +25,13 @@ from fs_task_queue.storage.local import LocalStorage
 KINDS = ["local", "sftp"]
 
 
-def make_storage(kind: str, root: Path, request: pytest.FixtureRequest) -> Storage:
+def make_storage(kind: str, root: Path, request: pytest.FixtureRequest, **options: object) -> Storage:
     if kind == "local":
         return LocalStorage(root)
     from fs_task_queue.storage.sftp import SFTPStorage, parse_ssh_url
 
     server = request.getfixturevalue("sshd")
-    return SFTPStorage(parse_ssh_url(server.url(root)), server.options())
+    return SFTPStorage(parse_ssh_url(server.url(root)), server.options(**options))
 
 
 @pytest.fixture
@@ -347,3 +349,22 @@ def test_sftp_batches_take_a_few_round_trips_for_all(request: pytest.FixtureRequ
     storage.remove_trees([f"jobs/j{i}" for i in range(300)])
     assert counts.round_trips - before <= 6  # look, open, list, delete (+ checks of new folders)
     assert os.listdir(root / "jobs") == []
+
+
+def test_run_cli_runs_fs_task_queue_there_word_by_word(
+    kind: str, request: pytest.FixtureRequest, root: Path, tmp_path: Path
+) -> None:
+    store = make_storage(kind, root, request, remote_python=sys.executable)
+    try:
+        bait = tmp_path / "pwned"
+        words = ["slurm", "submit", "--dry-run", "--time=5:00", f"--sbatch-arg=--comment=$(touch {bait}); touch {bait}"]
+        done = store.run_cli(words)
+        assert done.returncode == 0, done.stderr
+        # The queue's own directory comes with it (spaces and quotes in it too), each word arrived whole.
+        assert f"--path {shlex.quote(str(root))}" in done.stdout, done.stdout
+        assert f"--comment=$(touch {bait}); touch {bait}" in done.stdout and not bait.exists()
+        failed = store.run_cli(["slurm", "submit", "--dry-run", "--time=never"])
+        assert failed.returncode != 0 and "is not a SLURM time" in failed.stderr, failed
+        assert "fs_task_queue slurm submit --dry-run --time=never --path" in failed.command
+    finally:
+        store.close()

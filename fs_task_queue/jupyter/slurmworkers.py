@@ -1,0 +1,63 @@
+"""``%fsq workers --slurm N --time T``: SLURM worker jobs from a notebook, and a pool that follows its cells.
+
+Both go through :mod:`fs_task_queue.slurm`, which submits on this machine for
+a local queue and on the queue's host for an ``ssh://`` one. After each
+``%%fsq`` submission to a queue that has a pool (``--max``), :func:`follow_backlog`
+asks the pool to scale to the new backlog, as ``fs-task-queue slurm scale`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fs_task_queue.errors import FSQError
+from fs_task_queue.queue import Queue
+from fs_task_queue.slurm import POLICY_PATH, scale, submit_workers
+
+__all__ = ["SLURM_OPTIONS", "follow_backlog", "submit"]
+
+#: The ``%fsq workers`` options that belong to ``--slurm`` (their argparse ``dest`` names).
+SLURM_OPTIONS = ("time", "partition", "account", "cpus_per_task", "mem", "max", "max_idle", "sbatch_arg", "dry_run")
+
+
+def submit(queue: Queue, n: int, args: Any) -> str:
+    """Submit ``n`` worker jobs with the options of ``%fsq workers --slurm``; what to print."""
+    if args.time is None:
+        raise ValueError("--slurm needs --time HH:MM:SS, each job's time limit (sbatch --time)")
+    options: dict[str, Any] = {}
+    if args.max_idle is not None:
+        options["max_idle"] = args.max_idle
+    ids = submit_workers(
+        queue,
+        n,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        cpus_per_task=args.cpus_per_task,
+        mem=args.mem,
+        sbatch_args=args.sbatch_arg or (),
+        dry_run=args.dry_run,
+        max_workers=args.max,
+        **options,
+    )
+    if args.dry_run:
+        return "fsq: nothing submitted (--dry-run)"
+    pool = f"; the queue's pool is at most {args.max} worker jobs" if args.max else ""
+    return f"fsq: submitted {len(ids)} SLURM worker job(s) for {queue.path}: {' '.join(ids)}{pool}"
+
+
+def follow_backlog(queue: Queue) -> str | None:
+    """If ``queue`` has a SLURM pool, submit workers for what waits now; a line to print when it did.
+
+    Never raises: a submission that fails is said (the pool counts it and
+    stops after a few), the task that was just submitted stays queued.
+    """
+    try:
+        if not queue.storage.exists(POLICY_PATH):
+            return None
+        result = scale(queue)
+    except (FSQError, OSError, ValueError) as exc:
+        return f"fsq: the SLURM pool submitted no worker: {exc}"
+    if not result.submitted:
+        return None
+    return f"fsq: the SLURM pool submitted {len(result.submitted)} worker job(s): {' '.join(result.submitted)}"
