@@ -25,21 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium
 from helpers import stop_process
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ROOT = Path(__file__).parent.parent
-ARTIFACTS = Path(__file__).parent / "artifacts"
 TOKEN = "fsq-browser-test"
 
 
@@ -52,10 +41,7 @@ def free_port() -> int:
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[str]:
     """A JupyterLab server serving a copy of notebooks/ (its base URL); stopped after the test."""
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: .ci/run installs it with apt-get")
-        pytest.skip("needs Debian's chromium: apt-get install chromium")
+    require_chromium()
     work = tmp_path / "lab"
     shutil.copytree(ROOT / "notebooks", work)
     settings = tmp_path / "settings"

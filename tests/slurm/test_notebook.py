@@ -10,6 +10,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from chromium import screenshot_html
 from nbclient import NotebookClient
 
 from fs_task_queue import Queue
@@ -53,6 +54,8 @@ def test_the_slurm_notebook_runs(slurm: SlurmCluster, tmp_path: Path, monkeypatc
     info = by_source["%fsq info"]
     # The dashboard's workers table has the SLURM column: job id, partition, time left.
     assert ">SLURM job</th>" in info and re.search(r"\d+ \(debug\), (\d+ min )?[\d.]+ s left", info), info
+    html = next(o["data"]["text/html"] for c in code if c.source == "%fsq info" for o in c.outputs if "data" in o)
+    print("screenshot:", screenshot_html(html, "slurm-queue-dashboard.png"))
     # Everything the notebook submitted ran in the test cluster's jobs.
     workers = Queue(qpath).workers()
     assert all(w.slurm_job_id for w in workers), workers
