@@ -28,7 +28,7 @@ from __future__ import annotations
 import codecs
 import time
 import weakref
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from html import escape
 from typing import TYPE_CHECKING, Any, cast
 
@@ -184,6 +184,33 @@ class _View:
         self._widgets.append(widget)
         return widget
 
+    def _frame(
+        self, bar: Any, cancel: str, tooltip: str, on_cancel: Callable[[Any], None], below: list[Any], css_class: str
+    ) -> None:
+        """The box of a job or group view: header; progress bar, its label and Cancel; then ``below``."""
+        import ipywidgets as w
+
+        self.header = self._widget(w.HTML, value="")
+        bar.layout = w.Layout(width="320px", height="14px", margin="2px 8px 2px 0")
+        self._widgets.append(bar)
+        self.bar = bar
+        self.bar_label = self._widget(w.HTML, value="")
+        self.cancel_button = self._widget(
+            w.Button,
+            description=cancel,
+            icon="stop",
+            tooltip=tooltip,
+            layout=w.Layout(width="auto", margin="0 0 0 auto"),
+        )
+        self.cancel_button.on_click(_weak(on_cancel))
+        row = self._widget(
+            w.HBox, [self.bar, self.bar_label, self.cancel_button], layout=w.Layout(align_items="center")
+        )
+        self.root = self._widget(
+            w.VBox, [self.header, row, *below], layout=w.Layout(border=_BOX_CSS, padding="4px 10px", max_width="760px")
+        )
+        self.root.add_class(css_class)
+
     def _keep_alive(self) -> None:
         # ipywidgets keeps an open widget alive; the root widget keeps its view alive,
         # so the poller (which holds views weakly) serves it until it is closed.
@@ -244,34 +271,16 @@ class JobView(_View):
         self._tail: dict[str, tuple[int, Any, str]] = {}
         self._tail_due = 0.0
         self._final_html: str | None = None
-        self.header = self._widget(w.HTML, value="")
-        self.bar = self._widget(
-            w.FloatProgress,
-            value=0.0,
-            min=0.0,
-            max=1.0,
-            layout=w.Layout(width="320px", height="14px", margin="2px 8px 2px 0"),
-        )
-        self.bar_label = self._widget(w.HTML, value="")
-        self.cancel_button = self._widget(
-            w.Button,
-            description="Cancel",
-            icon="stop",
-            tooltip="Cancel this job (a running task is stopped by its worker)",
-            layout=w.Layout(width="auto", margin="0 0 0 auto"),
-        )
-        self.cancel_button.on_click(_weak(self._on_cancel))
         self.output = self._widget(w.HTML, value="", layout=w.Layout(display="none"))
         self.outcome = self._widget(w.HTML, value="", layout=w.Layout(display="none"))
-        row = self._widget(
-            w.HBox, [self.bar, self.bar_label, self.cancel_button], layout=w.Layout(align_items="center")
+        self._frame(
+            w.FloatProgress(value=0.0, min=0.0, max=1.0),
+            "Cancel",
+            "Cancel this job (a running task is stopped by its worker)",
+            self._on_cancel,
+            [self.output, self.outcome],
+            "fsq-job",
         )
-        self.root = self._widget(
-            w.VBox,
-            [self.header, row, self.output, self.outcome],
-            layout=w.Layout(border=_BOX_CSS, padding="4px 10px", max_width="760px"),
-        )
-        self.root.add_class("fsq-job")
         self._keep_alive()
         self.apply(job.queue.snapshot([job]), time.time())
 
@@ -451,33 +460,15 @@ class GroupView(_View):
         self.queue = group[0].queue
         self.states: dict[str, JobState] = {}
         self._final_html: str | None = None
-        self.header = self._widget(w.HTML, value="")
-        self.bar = self._widget(
-            w.IntProgress,
-            value=0,
-            min=0,
-            max=len(group),
-            layout=w.Layout(width="320px", height="14px", margin="2px 8px 2px 0"),
-        )
-        self.bar_label = self._widget(w.HTML, value="")
-        self.cancel_button = self._widget(
-            w.Button,
-            description="Cancel all",
-            icon="stop",
-            tooltip="Cancel every job of the group that is not done",
-            layout=w.Layout(width="auto", margin="0 0 0 auto"),
-        )
-        self.cancel_button.on_click(_weak(self._on_cancel))
         self.failures = self._widget(w.HTML, value="", layout=w.Layout(display="none"))
-        row = self._widget(
-            w.HBox, [self.bar, self.bar_label, self.cancel_button], layout=w.Layout(align_items="center")
+        self._frame(
+            w.IntProgress(value=0, min=0, max=len(group)),
+            "Cancel all",
+            "Cancel every job of the group that is not done",
+            self._on_cancel,
+            [self.failures],
+            "fsq-group",
         )
-        self.root = self._widget(
-            w.VBox,
-            [self.header, row, self.failures],
-            layout=w.Layout(border=_BOX_CSS, padding="4px 10px", max_width="760px"),
-        )
-        self.root.add_class("fsq-group")
         self._keep_alive()
         self.apply(self.queue.snapshot(group, progress=False), time.time())
 
