@@ -61,7 +61,9 @@ def test_admin_commands_take_path_as_an_option_too(queue: Queue) -> None:
     assert proc.returncode == 0 and "queued: 2" in proc.stdout, proc.stderr
     proc = run(*ADMIN_SCRIPT, "cancel", "--path", str(queue.path), a.id, b.id)
     assert proc.returncode == 0 and proc.stdout.split() == [f"{a.id}:", "canceled", f"{b.id}:", "canceled"]
-    proc = run(*ADMIN_SCRIPT, "info", str(queue.path), "--path", str(queue.path))
-    assert proc.returncode == 2 and "given twice" in proc.stderr
+    proc = run(*ADMIN_SCRIPT, "info", str(queue.path), "--path", str(queue.path) + "/")
+    assert proc.returncode == 2 and "given twice, differently" in proc.stderr
+    proc = run(*ADMIN_SCRIPT, "info", str(queue.path), "--path", str(queue.path))  # the same twice: no harm
+    assert proc.returncode == 0 and "canceled: 2" in proc.stdout, proc.stderr
     proc = run(*ADMIN_SCRIPT, "info")
     assert proc.returncode == 2 and "give the queue directory: PATH or --path PATH" in proc.stderr
