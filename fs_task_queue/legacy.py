@@ -158,7 +158,9 @@ def import_019(old: str | os.PathLike[str], new: str | os.PathLike[str] | Queue)
     queue = new if isinstance(new, Queue) else Queue(new)
     report = ImportReport(started=len(os.listdir(os.path.join(root, "started"))))
     tasks, queued = os.path.join(root, "tasks"), os.path.join(root, "queued")
-    for job_id in sorted(os.listdir(queued)):
+    # In submission order (0.1.9 kept none: a task's queued/ link is made when it is submitted).
+    waiting = sorted((os.lstat(os.path.join(queued, n)).st_mtime_ns, n) for n in os.listdir(queued))
+    for _, job_id in waiting:
         if not _ID.fullmatch(job_id):
             report.skipped.append((job_id, "not a 0.1.9 task id"))
             continue

@@ -249,8 +249,7 @@ class Queue:
             pass
         except NotADirectoryError:
             raise QueueError(
-                f"{self.path} or one of its parents is a file, not a directory: pass the path of a"
-                " directory (it is created if missing)"
+                f"{self.path} or one of its parents is a file, not a directory: pass the path of a directory"
             ) from None
         except PermissionError as exc:
             raise QueueError(f"cannot read the queue at {self.path}: {exc.strerror}; check its permissions") from None
