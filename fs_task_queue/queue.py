@@ -375,15 +375,15 @@ class Queue:
         # look for it and this listing (then the queue is complete).
         known = {*layout.SUBDIRS, layout.KEY_FILE, layout.FORMAT_FILE}
         foreign = sorted(n for n in storage.listdir("") if n not in known)
+        # Nothing is made in a directory another user controls or all can write
+        # (/tmp). Of one that holds other files, only the root: `/`'s tmp/ is no queue folder.
+        check_queue_permissions(storage, shared, creating=True, root_only=bool(foreign))
         if foreign:
-            # Before the permission check: of `/`, what matters is that it is no queue, not its tmp/.
             shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
             raise QueueError(
                 f"{self.path} is not a queue and is not empty (it holds {shown}):"
                 " use a new or empty directory for a queue"
             )
-        # Nothing is made in a directory another user controls.
-        check_queue_permissions(storage, shared, creating=True)
 
     def _create(self, shared: bool) -> dict[str, Any]:
         storage = self.storage

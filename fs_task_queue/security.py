@@ -53,16 +53,19 @@ def _group(gid: int) -> str:
         return f"gid {gid}"
 
 
-def check_queue_permissions(storage: Storage, shared: bool, *, creating: bool = False) -> None:
+def check_queue_permissions(storage: Storage, shared: bool, *, creating: bool = False, root_only: bool = False) -> None:
     """Raise InsecureQueueError naming the first untrusted path, its owner and the fix.
 
     ``shared`` is what the queue's format file says. Paths that do not exist are
     skipped (the caller reports a missing key or format file). ``creating``: the
     caller is about to make a queue in this directory (the rule is the same,
     the fix for a world-writable root is another: a directory of one's own).
+    ``root_only``: look at the root alone (a directory holding other files,
+    whose ``tmp/`` say is not a queue's folder).
     """
+    checked = _CHECKED[:1] if root_only else _CHECKED
     # One batch: over SFTP these ~12 looks are one round trip, not twelve.
-    infos = storage.stat_many(list(_CHECKED))
+    infos = storage.stat_many(list(checked))
     root_info = infos[0]
     if root_info is None:
         return  # the caller is about to report the missing queue
@@ -80,7 +83,7 @@ def check_queue_permissions(storage: Storage, shared: bool, *, creating: bool = 
             f" you. Fix: ask for {me} to be added to group {_group(group)} (then log in again), or use"
             " a queue of your own"
         )
-    for rel, info in zip(_CHECKED, infos, strict=True):
+    for rel, info in zip(checked, infos, strict=True):
         if info is not None:
             _check(
                 storage, root, rel, info, shared=shared, group=group, euid=euid, me=me, local=local, creating=creating

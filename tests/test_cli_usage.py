@@ -157,6 +157,10 @@ def test_no_queue_is_made_in_a_world_writable_directory(tmp_path: Path, mode: in
     with pytest.raises(InsecureQueueError, match="mkdir -m 700"):
         Queue(scratch)
     assert os.listdir(scratch) == []
+    (scratch / "someone-elses-file").touch()  # /tmp is seldom empty: the same error, not "not empty"
+    proc = run(*ADMIN_SCRIPT, "worker", str(scratch), "--burst")
+    assert proc.returncode == 1 and f"`mkdir -m 700 {scratch}/$USER-q`" in proc.stderr, proc.stderr
+    assert os.listdir(scratch) == ["someone-elses-file"]
 
 
 def test_a_queue_made_world_writable_later_is_refused_by_everyone(queue: Queue) -> None:
