@@ -117,6 +117,9 @@ def test_errors_give_the_command_line_fix(tmp_path: Path) -> None:
     private = tmp_path / "private"
     proc = cli("create", str(private))
     assert proc.returncode == 0 and "private" in proc.stdout, proc.stderr
+    proc = cli("show", str(private), "no-such-job")
+    assert proc.returncode == 1 and f"(`fs-task-queue jobs {private}` lists the jobs" in proc.stderr, proc.stderr
+    assert "queue.jobs()" not in proc.stderr
     os.chmod(private, 0o770)
     proc = cli("info", str(private))
     assert proc.returncode == 1 and "`fs-task-queue create --shared PATH`" in proc.stderr, proc.stderr
