@@ -309,7 +309,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             try:
                 info = job.info()
             except (FSQError, OSError) as exc:  # one bad entry does not hide the others
-                print(f"  {job.id}  error: {exc}")
+                print(f"  {job.id}  error: {_message(exc)}")
                 continue
             print(f"  {job.id}  {info.function}  {info.error}")
     return 0
@@ -326,7 +326,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
             info = job.info()
         except (FSQError, OSError) as exc:  # a job whose files vanished meanwhile, say: report it, go on
             bad += 1
-            print(f"{job.id}  {'error':<8}  {'-':>8}  {exc}")
+            print(f"{job.id}  {'error':<8}  {'-':>8}  {_message(exc)}")
             continue
         if info.status == "unreadable":
             bad += 1
