@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from fs_task_queue._version import __version__
-from fs_task_queue.errors import FSQError
+from fs_task_queue.errors import FSQError, QueueError
 from fs_task_queue.queue import Queue
 from fs_task_queue.status import JobStatus
 
@@ -72,7 +72,7 @@ def _age(text: str) -> float:
 
 
 def _add_worker_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--path", required=True, help="queue directory (created if missing)")
+    _add_path(parser, "queue directory (a queue is created there if it is missing or empty)")
     parser.add_argument("--name", help="worker id (default: <host>-<pid>-<random>)")
     parser.add_argument("--burst", action="store_true", help="exit when no task is left")
     parser.add_argument("--max-jobs", type=_positive(int), metavar="N", help="exit after N jobs")
@@ -310,7 +310,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             try:
                 info = job.info()
             except (FSQError, OSError) as exc:  # one bad entry does not hide the others
-                print(f"  {job.id}  error: {exc}")
+                print(f"  {job.id}  error: {_message(exc)}")
                 continue
             print(f"  {job.id}  {info.function}  {info.error}")
     return 0
@@ -327,7 +327,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
             info = job.info()
         except (FSQError, OSError) as exc:  # a job whose files vanished meanwhile, say: report it, go on
             bad += 1
-            print(f"{job.id}  {'error':<8}  {'-':>8}  {exc}")
+            print(f"{job.id}  {'error':<8}  {'-':>8}  {_message(exc)}")
             continue
         if info.status == "unreadable":
             bad += 1
@@ -452,6 +452,31 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     removed = sweep_tmp(Queue(args.path, create=False), args.older_than)
     print(f"removed {removed} stale temporary file(s)")
     return 0
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    queue = Queue(args.path, shared=args.shared)
+    shared = queue.shared
+    if shared != args.shared:  # it was there already, made the other way
+        raise QueueError(
+            f"{queue.path} is already a {'shared' if shared else 'private'} queue: whether a queue is shared"
+            f" is set when it is made. Fix: use it as it is, or create a new queue{' with --shared' * args.shared}"
+            " in another directory"
+        )
+    print(f"queue {queue.path} ({'shared with its group' if shared else 'private'})")
+    return 0
+
+
+def _cmd_import_019(args: argparse.Namespace) -> int:
+    from fs_task_queue.legacy import import_019
+
+    report = import_019(args.old, args.new)
+    print(f"imported {len(report.imported)} task(s) into {args.new}" + "".join(f"\n  {i}" for i in report.imported))
+    if report.started:
+        print(f"left {report.started} started task(s) alone: a 0.1.9 worker took them (see {args.old}/started)")
+    for job_id, why in report.skipped:
+        print(f"fs-task-queue: not imported: {job_id}: {why} (left in {args.old}/queued)", file=sys.stderr)
+    return 1 if report.skipped else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -585,7 +610,10 @@ def _resolve_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                 getattr(args, many).insert(0, args.path)
                 break
         else:
-            parser.error(f"the queue directory was given twice ({args.path} and --path {option}): give it once")
+            if args.path != option:
+                parser.error(
+                    f"the queue directory was given twice, differently ({args.path} and --path {option}): give it once"
+                )
     args.path = option
 
 
@@ -721,6 +749,31 @@ def _add_serve_stdio(sub: _Commands[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=lambda args: __import__("fs_task_queue.serve_stdio").serve_stdio.serve(args.path))
 
 
+def _add_create(sub: _Commands[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("create", help="create a queue", description=(
+        "Create a queue in PATH (a missing or empty directory; private unless --shared). Nothing is made"
+        " in a directory others can write to or that holds other files. A queue already there is left as"
+        " it is. Workers and Queue(PATH) create a missing queue too."))  # fmt: skip
+    _add_path(p)
+    p.add_argument(
+        "--shared", action="store_true",
+        help="usable by the members of the directory's group (files group-writable, folders setgid)",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_create)
+
+
+def _add_import_019(sub: _Commands[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("import-0.1.9", help="move the waiting tasks of a 0.1.9 queue into a queue", description=(
+        "Enqueue each task waiting in OLD, a queue of fs-task-queue 0.1.9 that you own, into NEW (created"
+        " if missing), as a call of the same function by name with the same arguments and job id. Nothing"
+        " is run or imported while importing. A task leaves OLD's queued/ once it is written into NEW"
+        " (its tasks/ file stays); started, finished and failed tasks are left alone. Stop OLD's"
+        " workers first."))  # fmt: skip
+    p.add_argument("old", metavar="OLD", help="the 0.1.9 queue directory")
+    p.add_argument("new", metavar="NEW", help="the queue to import into")
+    p.set_defaults(func=_cmd_import_019)
+
+
 def _add_demo(sub: _Commands[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run a small end-to-end demo", description=(
         "Create a temporary queue, start real worker processes, submit tasks (a lambda, a"
@@ -735,6 +788,8 @@ _COMMANDS = {
     "jobs": _add_jobs,
     "show": _add_show,
     "worker": _add_worker,
+    "create": _add_create,
+    "import-0.1.9": _add_import_019,
     "recover": _add_recover,
     "purge": _add_purge,
     "requeue": _add_requeue,
@@ -782,10 +837,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 128 + 13  # the reader left (`fs-task-queue jobs Q | head`): stop quietly, as on SIGPIPE
     except (FSQError, ValueError, OSError) as exc:
-        print(f"fs-task-queue: error: {exc}", file=sys.stderr)
+        print(f"fs-task-queue: error: {_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _message(exc: BaseException) -> str:
+    """An error as the command line says it: with the command-line fix where the message has a Python one."""
+    return exc.for_cli() if isinstance(exc, FSQError) else str(exc)
 
 
 def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
@@ -827,10 +887,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     )
     _add_worker_args(parser)
     args = parser.parse_args(argv)
+    _resolve_path(parser, args)
     try:
         return _run_worker(args)
     except (FSQError, ValueError, OSError) as exc:
-        print(f"fs-task-queue-worker: error: {exc}", file=sys.stderr)
+        print(f"fs-task-queue-worker: error: {_message(exc)}", file=sys.stderr)
         return 1
 
 

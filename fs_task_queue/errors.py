@@ -32,7 +32,7 @@ arguments in ``args``), so they cross process boundaries intact.
 from __future__ import annotations
 
 import errno
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "CorruptFileError",
@@ -55,11 +55,41 @@ __all__ = [
     "WaitTimeoutError",
     "WorkerError",
     "WorkerLostError",
+    "cli_fix",
 ]
 
 
 class FSQError(Exception):
-    """Base class of every error raised by fs-task-queue."""
+    """Base class of every error raised by fs-task-queue.
+
+    A message whose fix is a Python call (``create it with Queue('/q')``) also
+    carries that fix as the command line says it (``fs-task-queue create /q``):
+    see :func:`cli_fix` and :meth:`for_cli`. The message is written once; only
+    the fix has two wordings.
+    """
+
+    #: (Python wording, command-line wording) pairs, set by :func:`cli_fix`.
+    cli_fixes: tuple[tuple[str, str], ...] = ()
+
+    def for_cli(self) -> str:
+        """The message as the command line shows it: each Python fix replaced by its command."""
+        text = str(self)
+        for python, command in self.cli_fixes:
+            text = text.replace(python, command)
+        return text
+
+
+_E = TypeVar("_E", bound=FSQError)
+
+
+def cli_fix(exc: _E, python: str, command: str) -> _E:
+    """Return ``exc``, noting that the command line says ``python`` (a part of its message) as ``command``.
+
+    Kept in the instance's ``__dict__``, which pickling keeps, so the fix
+    survives the trip from a task process or an SSH helper.
+    """
+    exc.cli_fixes = (*exc.cli_fixes, (python, command))
+    return exc
 
 
 class QueueError(FSQError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from fs_task_queue.errors import (
     NoSuchJobError,
     WaitTimeoutError,
     WorkerLostError,
+    cli_fix,
     remote_error_class,
 )
 from fs_task_queue.ids import job_id_of
@@ -178,10 +180,14 @@ class Job:
             kept = self._kept_task()
             if kept is not None:
                 raise NoSuchJobError(_missing_result(self, kept))
-            raise NoSuchJobError(
-                f"no job {self.id!r} in the queue at {self.queue.path}: check the id"
-                " (queue.jobs() lists the jobs; purged jobs are gone). If its task file was deleted by hand,"
-                f" nothing is left of it: `fs-task-queue requeue {self.id}` fails it so waiting clients stop"
+            raise cli_fix(
+                NoSuchJobError(
+                    f"no job {self.id!r} in the queue at {self.queue.path}: check the id"
+                    " (queue.jobs() lists the jobs; purged jobs are gone). If its task file was deleted by hand,"
+                    f" nothing is left of it: `fs-task-queue requeue {self.id}` fails it so waiting clients stop"
+                ),
+                "queue.jobs()",
+                f"`fs-task-queue jobs {shlex.quote(self.queue.path)}`",
             )
         self._name = found[0]
         self._seen_in = found[1]

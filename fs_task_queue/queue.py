@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import stat
 import threading
 import time
@@ -31,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from fs_task_queue import layout
 from fs_task_queue._version import __version__
-from fs_task_queue.errors import CorruptFileError, InsecureQueueError, NoSuchJobError, QueueError, SymlinkInQueueError
+from fs_task_queue.errors import (
+    CorruptFileError,
+    InsecureQueueError,
+    NoSuchJobError,
+    QueueError,
+    SymlinkInQueueError,
+    cli_fix,
+)
 from fs_task_queue.faults import crash_point
 from fs_task_queue.group import JobGroup
 from fs_task_queue.ids import (
@@ -44,6 +52,7 @@ from fs_task_queue.ids import (
     validate_worker_id,
 )
 from fs_task_queue.job import Job, Outcome
+from fs_task_queue.legacy import v019_error, v019_waiting
 from fs_task_queue.liveness import AliveLock, HostIdentity
 from fs_task_queue.progress import WorkerInfo
 from fs_task_queue.security import check_queue_permissions
@@ -156,9 +165,14 @@ class Queue:
             try:
                 self._key = self.storage.read(layout.KEY_FILE)
             except PermissionError:
-                raise QueueError(
-                    f"cannot read the signing key of the queue at {self.path}: it belongs to another user."
-                    " Ask its owner to share it (Queue(path, shared=True) and a common group) or use your own queue"
+                raise cli_fix(
+                    QueueError(
+                        f"cannot read the signing key of the queue at {self.path}: it belongs to another user."
+                        " Ask its owner to share it (Queue(path, shared=True) and a common group) or use your own"
+                        " queue"
+                    ),
+                    "Queue(path, shared=True)",
+                    "a queue made with `fs-task-queue create --shared PATH`",
                 ) from None
             except FileNotFoundError:
                 raise QueueError(
@@ -186,6 +200,11 @@ class Queue:
         self._claimer: Claimer | None = None
         self._status_cache: dict[str, JobStatus] = {}
         self._watchers = threading.local()
+
+    @property
+    def shared(self) -> bool:
+        """Whether the queue was created for sharing with its directory's group (``shared=True``)."""
+        return bool(self._format["shared"])
 
     def _watcher(self, directory: str) -> DirWatcher:
         """A long-lived watcher of ``directory`` for this thread.
@@ -230,16 +249,26 @@ class Queue:
             pass
         except NotADirectoryError:
             raise QueueError(
-                f"{self.path} or one of its parents is a file, not a directory: pass the path of a"
-                " directory (it is created if missing)"
+                f"{self.path} or one of its parents is a file, not a directory: pass the path of a directory"
             ) from None
         except PermissionError as exc:
             raise QueueError(f"cannot read the queue at {self.path}: {exc.strerror}; check its permissions") from None
+        waiting = v019_waiting(self.storage)
+        if waiting is not None:
+            raise v019_error(self.path, waiting)
         if self._was_made():
             # Never made again: a new format file could turn a shared queue private.
             return self._await_format()
         if not create:
-            raise QueueError(f"there is no queue at {self.path}: create it with Queue({self.path!r})")
+            # Where creating would be refused (a file, a world-writable or foreign
+            # directory, `/`), that is the error, not a suggestion to create it.
+            self._check_creatable(shared)
+            python = f"Queue({self.path!r})"
+            raise cli_fix(
+                QueueError(f"there is no queue at {self.path}: create it with {python}"),
+                python,
+                f"`fs-task-queue create {shlex.quote(self.path)}` (a worker started on it creates it too)",
+            )
         return self._create(shared)
 
     def _was_made(self) -> bool:
@@ -250,6 +279,8 @@ class Queue:
             return False  # reported by _create
         if layout.KEY_FILE in names:
             return True
+        if names - {*layout.SUBDIRS, layout.FORMAT_FILE}:
+            return False  # other files (`/` has a tmp/ too): not a queue, as _check_creatable says
         for sub in names.intersection(layout.SUBDIRS):
             with contextlib.suppress(FileNotFoundError):
                 if self.storage.stat(sub).mode & (stat.S_ISGID | stat.S_IRWXG):
@@ -331,28 +362,33 @@ class Queue:
                 " trusted. Fix: find out who can write into the queue, and create a new queue"
             )
 
+    def _check_creatable(self, shared: bool) -> None:
+        """Raise the error creating a queue here would meet, if any (looks only; writes nothing)."""
+        storage = self.storage
+        try:
+            info = storage.stat("")
+        except FileNotFoundError:
+            return
+        if not info.is_dir:
+            raise QueueError(f"{self.path} is a file, not a queue directory: pass the path of a directory")
+        # The format file too: a racing creator may finish between our
+        # look for it and this listing (then the queue is complete).
+        known = {*layout.SUBDIRS, layout.KEY_FILE, layout.FORMAT_FILE}
+        foreign = sorted(n for n in storage.listdir("") if n not in known)
+        # Nothing is made in a directory another user controls or all can write
+        # (/tmp). Of one that holds other files, only the root: `/`'s tmp/ is no queue folder.
+        check_queue_permissions(storage, shared, creating=True, root_only=bool(foreign))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise QueueError(
+                f"{self.path} is not a queue and is not empty (it holds {shown}):"
+                " use a new or empty directory for a queue"
+            )
+
     def _create(self, shared: bool) -> dict[str, Any]:
         storage = self.storage
         try:
-            try:
-                info = storage.stat("")
-            except FileNotFoundError:
-                info = None
-            if info is not None and not info.is_dir:
-                raise QueueError(f"{self.path} is a file, not a queue directory: pass the path of a directory")
-            if info is not None:
-                # Nothing is made in a directory another user controls.
-                check_queue_permissions(storage, shared)
-                # The format file too: a racing creator may finish between our
-                # look for it and this listing (then the queue is complete).
-                known = {*layout.SUBDIRS, layout.KEY_FILE, layout.FORMAT_FILE}
-                foreign = sorted(n for n in storage.listdir("") if n not in known)
-                if foreign:
-                    shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-                    raise QueueError(
-                        f"{self.path} is not a queue and is not empty (it holds {shown}):"
-                        " use a new or empty directory for a queue"
-                    )
+            self._check_creatable(shared)
             storage.mkdir("")
             for sub in layout.SUBDIRS:
                 storage.mkdir(sub)
@@ -546,9 +582,13 @@ class Queue:
                 if failed:
                     raise failed[0]
         except PermissionError as exc:
-            raise QueueError(
-                f"cannot write into the queue at {self.path}: {exc.strerror}. It belongs to another"
-                " user or is read-only: ask its owner to share it (Queue(path, shared=True)) or use your own"
+            raise cli_fix(
+                QueueError(
+                    f"cannot write into the queue at {self.path}: {exc.strerror}. It belongs to another"
+                    " user or is read-only: ask its owner to share it (Queue(path, shared=True)) or use your own"
+                ),
+                "Queue(path, shared=True)",
+                "a queue made with `fs-task-queue create --shared PATH`",
             ) from None
         except OSError as exc:
             done += queued_before

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import grp
 import pwd
+import shlex
 import stat
 
 from fs_task_queue import layout
-from fs_task_queue.errors import InsecureQueueError
+from fs_task_queue.errors import InsecureQueueError, cli_fix
 from fs_task_queue.storage import FileInfo, Storage
 
 __all__ = ["check_queue_permissions"]
@@ -52,14 +53,19 @@ def _group(gid: int) -> str:
         return f"gid {gid}"
 
 
-def check_queue_permissions(storage: Storage, shared: bool) -> None:
+def check_queue_permissions(storage: Storage, shared: bool, *, creating: bool = False, root_only: bool = False) -> None:
     """Raise InsecureQueueError naming the first untrusted path, its owner and the fix.
 
     ``shared`` is what the queue's format file says. Paths that do not exist are
-    skipped (the caller reports a missing key or format file).
+    skipped (the caller reports a missing key or format file). ``creating``: the
+    caller is about to make a queue in this directory (the rule is the same,
+    the fix for a world-writable root is another: a directory of one's own).
+    ``root_only``: look at the root alone (a directory holding other files,
+    whose ``tmp/`` say is not a queue's folder).
     """
+    checked = _CHECKED[:1] if root_only else _CHECKED
     # One batch: over SFTP these ~12 looks are one round trip, not twelve.
-    infos = storage.stat_many(list(_CHECKED))
+    infos = storage.stat_many(list(checked))
     root_info = infos[0]
     if root_info is None:
         return  # the caller is about to report the missing queue
@@ -77,13 +83,25 @@ def check_queue_permissions(storage: Storage, shared: bool) -> None:
             f" you. Fix: ask for {me} to be added to group {_group(group)} (then log in again), or use"
             " a queue of your own"
         )
-    for rel, info in zip(_CHECKED, infos, strict=True):
+    for rel, info in zip(checked, infos, strict=True):
         if info is not None:
-            _check(storage, root, rel, info, shared=shared, group=group, euid=euid, me=me, local=local)
+            _check(
+                storage, root, rel, info, shared=shared, group=group, euid=euid, me=me, local=local, creating=creating
+            )
 
 
 def _check(
-    storage: Storage, root: str, rel: str, info: FileInfo, *, shared: bool, group: int, euid: int, me: str, local: bool
+    storage: Storage,
+    root: str,
+    rel: str,
+    info: FileInfo,
+    *,
+    shared: bool,
+    group: int,
+    euid: int,
+    me: str,
+    local: bool,
+    creating: bool,
 ) -> None:
     shown = f"{root}/{rel}" if rel else root
     if info.is_symlink:
@@ -109,16 +127,28 @@ def _check(
             f" Fix: use a queue directory you own, or `chown -R {me} {root}` if it is yours"
         )
     mode = info.mode
+    if mode & stat.S_IWOTH and creating and not rel:
+        # /tmp, /scratch or a `mkdir -m 777`: `chmod o-w` of a shared scratch folder is not the fix.
+        raise InsecureQueueError(
+            f"{shown} is world-writable (mode {mode:04o}): a queue there could be changed by any user on this"
+            " machine, who could make its workers run their code, so no queue is made there (nothing was written)."
+            f" Fix: make a directory of your own in it and use that, e.g. `mkdir -m 700 {shown.rstrip('/')}/$USER-q`;"
+            f" or, if {shown} is yours and should not be world-writable, chmod o-w {shown}"
+        )
     if mode & stat.S_IWOTH:
         raise InsecureQueueError(
             f"{shown} is world-writable (mode {mode:04o}): any user on this machine could make"
             f" the queue's workers run their code. Fix: chmod o-w {shown}"
         )
     if mode & stat.S_IWGRP and not shared:
-        raise InsecureQueueError(
-            f"{shown} is group-writable (mode {mode:04o}) but the queue was not created for"
-            f" sharing. Fix: chmod g-w {shown}, or create the queue with Queue(path, shared=True)"
-            " to share it with your group on purpose"
+        raise cli_fix(
+            InsecureQueueError(
+                f"{shown} is group-writable (mode {mode:04o}) but the queue was not created for"
+                f" sharing. Fix: chmod g-w {shown}, or create the queue with Queue(path, shared=True)"
+                " to share it with your group on purpose"
+            ),
+            "Queue(path, shared=True)",
+            f"`fs-task-queue create --shared {shlex.quote(root) if creating else 'PATH'}`",
         )
     if rel == layout.KEY_FILE and mode & (stat.S_IROTH | (0 if shared else stat.S_IRGRP)):
         raise InsecureQueueError(
