@@ -74,8 +74,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import cloudpickle
-    from slurm.conftest import SlurmCluster
-    from ssh_server import Sshd, ssh_opts
+    from slurm.conftest import SlurmCluster  # type: ignore[import-not-found]
+    from ssh_server import Sshd, ssh_opts  # type: ignore[import-not-found]
 
     from fs_task_queue.plugins import SSHQueue
 
