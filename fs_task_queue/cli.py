@@ -599,6 +599,11 @@ def _add_path(p: argparse.ArgumentParser, text: str = "queue directory, or ssh:/
 def _resolve_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Set ``args.path`` from the positional path or ``--path`` (a command's usage error if neither, or both)."""
     option = getattr(args, "path_option", None)
+    dask = getattr(args, "dask", None)
+    if option is None and args.path is None and dask and ":" not in dask:
+        # `worker --dask /scratch/q`: --dask's optional address took the queue's path
+        # (scheduler addresses have a port or a scheme: tcp://host:8786, host:8786).
+        args.path, args.dask = dask, ""
     if option is None:
         if getattr(args, "path", "") is None:
             parser.error("give the queue directory: PATH or --path PATH")

@@ -328,3 +328,16 @@ def test_the_dask_notebook_runs(tmp_path):
         o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
     )
     assert "[0, 1, 4, 9, 16" in text and "squaring 3" in text and "this task fails on purpose" in text, text
+
+
+def test_dask_before_the_path_does_not_take_it_for_an_address(queue, cluster, tmp_path, monkeypatch):
+    """`fs-task-queue worker --dask PATH`: --dask's optional address would swallow the path; it is the path."""
+    import subprocess
+
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)  # dask's config: no address given
+    jobs = [queue.enqueue(divide, i, 1) for i in range(3)]
+    argv = [sys.executable, "-m", "fs_task_queue", "worker", "--dask", queue.path, "--burst", "--name", "dask-first"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [j.wait(timeout=WAIT) for j in jobs] == [0, 1, 2]
+    assert "isolation: dask" in done.stderr, done.stderr
