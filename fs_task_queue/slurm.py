@@ -208,7 +208,7 @@ def submit_workers(
         if dry_run:
             print(_run_on_host(queue_path, ["slurm", "submit", *words, "--dry-run"]), end="")
             return []
-        answer = json.loads(_run_on_host(queue_path, ["slurm", "submit", *words, "--json"]))
+        answer = _json_answer(_run_on_host(queue_path, ["slurm", "submit", *words, "--json"]))
         return [str(i) for i in answer["job_ids"]]
     if not isinstance(queue_path, (str, os.PathLike)):
         queue_path = queue_path.path
@@ -537,7 +537,7 @@ def scale(
     """
     if _on_another_host(queue):
         options = _words(max=max_workers, max_pending=max_pending, max_per_minute=max_per_minute)
-        answer = json.loads(_run_on_host(queue, ["slurm", "scale", *options, "--json"]))
+        answer = _json_answer(_run_on_host(queue, ["slurm", "scale", *options, "--json"]))
         return ScaleResult([str(i) for i in answer["job_ids"]], str(answer["message"]))
     with _pool_lock(queue):
         return _scale(queue, max_workers, max_pending, max_per_minute, dependency, exclude, limit)
@@ -693,6 +693,18 @@ def _words(**options: object) -> list[str]:
             if one is not None:
                 words.append(f"{flag}={one}")
     return words
+
+
+def _json_answer(stdout: str) -> dict[str, Any]:
+    """The JSON line that ends a ``--json`` command's output (a login script may print before it)."""
+    lines = stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("job_ids"), list):
+        raise SlurmError(f"fs-task-queue on the queue's host gave no job ids: {stdout.strip()[-500:]!r}")
+    return answer
 
 
 def _run_on_host(queue: Queue, args: list[str]) -> str:
