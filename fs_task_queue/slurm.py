@@ -392,7 +392,8 @@ class PoolPolicy:
     ``failures``/``last_error``: failed submissions and failed worker starts (a
     job that ended without its worker starting) in a row; after
     :data:`MAX_FAILED_SUBMISSIONS` nothing is submitted until the policy is set again.
-    ``last_start``: when the latest worker of a recorded job started (a start resets ``failures``).
+    ``last_start``: when the latest worker of a recorded job started; a start later than
+    ``last_failure`` (when the latest failure happened) resets ``failures``.
     """
 
     max_workers: int
@@ -403,6 +404,7 @@ class PoolPolicy:
     failures: int = 0
     last_error: str = ""
     last_start: float = 0.0
+    last_failure: float = 0.0
 
     def check(self) -> None:
         for what, value in (
@@ -589,7 +591,10 @@ def _scale(
                 break
             record_jobs(queue, ids[-1:], options)
             policy.submitted.append(time.time())
-        policy.failures, policy.last_error = (policy.failures + 1, error) if error else (0, "")
+        if error:
+            policy.failures, policy.last_error, policy.last_failure = policy.failures + 1, error, time.time()
+        # A submission that works resets nothing: its job may still fail to start a worker.
+        # What resets the count is a worker that starts (see _count_starts).
         write_policy(queue, policy)
     message = (
         f"{waiting} task(s) waiting, {running} worker(s) running and {pending} pending;"
@@ -801,7 +806,9 @@ def _squeue_ids() -> set[str]:
     """Ids of this user's jobs that SLURM still lists (pending, running, completing)."""
     import getpass
 
-    argv = ["squeue", "-h", "-o", "%i", "-u", getpass.getuser()]
+    # Every state of a job that may still start or run its worker (finished ones stay listed for MinJobAge).
+    states = "PD,CF,R,CG,S,ST,RQ,RH,RF,RS,SI,SO"
+    argv = ["squeue", "-h", "-o", "%i", "-u", getpass.getuser(), "-t", states]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     except FileNotFoundError as exc:
@@ -891,11 +898,15 @@ def _count_starts(queue: Queue, policy: PoolPolicy) -> Reconciled | None:
     events: list[tuple[float, dict[str, Any] | None]] = [(float(r["submitted"]), r) for r in found.failed_starts]
     if found.last_start > policy.last_start:
         events.append((found.last_start, None))
-    for _, record in sorted(events, key=lambda e: e[0]):
+    for when, record in sorted(events, key=lambda e: e[0]):
         if record is None:
-            policy.failures, policy.last_error, policy.last_start = 0, "", found.last_start
+            # A start seen late (this is the first look since) resets only failures before it.
+            if when > policy.last_failure:
+                policy.failures, policy.last_error = 0, ""
+            policy.last_start = when
             continue
         policy.failures += 1
+        policy.last_failure = max(policy.last_failure, when)  # when submitted: when it failed is unknown
         policy.last_error = _failed_start(record)
         log.warning("%s", policy.last_error)
     return found if events else None
