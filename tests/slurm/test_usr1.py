@@ -65,3 +65,30 @@ def test_usr1_drains_the_worker_and_the_rest_is_served_by_another(slurm: SlurmCl
     # Nothing lost, nothing run twice, no attempt used up.
     assert sorted(runs.read_text().split()) == sorted([first] + [second] * 3)
     assert all(job.info().attempt == 1 and job.info().history == () for job in [holder, *rest])
+
+
+def test_a_task_that_cannot_finish_after_usr1_is_put_back_not_counted(slurm: SlurmCluster, tmp_path: Path) -> None:
+    qpath = tmp_path / "queue"
+    queue = Queue(qpath)
+    release = tmp_path / "release"
+    runs = tmp_path / "runs"
+    job = queue.enqueue(hold_until, str(release), str(runs))  # no retries: a counted attempt would fail it
+    out = str(tmp_path / "slurm-%j.out")
+    # A 1-minute job warned 50 s before its end: its task never ends by itself, so it is put back
+    # kill_margin (7.5 s here) before the end, not killed by SLURM and not counted.
+    (first,) = submit_workers(
+        qpath, time="1:00", output=out, sbatch_args=["--signal=B:USR1@50"], worker_args=["--walltime-check=600"]
+    )
+    wait_for(lambda: job.get_status().value == "started", what="the task to start")
+    wait_for(lambda: "received SIGUSR1 from SLURM" in job_log(tmp_path, first), timeout=60, what="SLURM's USR1")
+    wait_for(lambda: slurm.job_state(first) in ("COMPLETED", "TIMEOUT"), timeout=90, what="the job to end")
+    log = job_log(tmp_path, first)
+    assert slurm.job_state(first) == "COMPLETED", log  # it ended before SLURM's limit
+    assert "put back in the queue" in log, log
+    assert job.get_status().value == "queued"
+    assert job.info().attempt == 1 and job.info().history == ()
+    release.touch()
+    (second,) = submit_workers(qpath, time="5:00", output=out, worker_args=["--burst"])
+    assert job.wait(timeout=WAIT) == second
+    assert runs.read_text().split() == [first, second]
+    assert job.info().status == "finished" and job.info().attempt == 1
