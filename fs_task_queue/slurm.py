@@ -760,7 +760,7 @@ class SlurmJobStatus:
     output: str | None = None
 
 
-def list_jobs(queue: Queue) -> list[SlurmJobStatus]:
+def list_jobs(queue: Queue, *, limit: int = 200) -> list[SlurmJobStatus]:
     """The SLURM worker jobs serving ``queue``, pending and running, from the queue's storage alone.
 
     Pending jobs come from the records :func:`submit_workers` and :func:`scale`
@@ -768,14 +768,17 @@ def list_jobs(queue: Queue) -> list[SlurmJobStatus]:
     worker submitted by hand shows too). No SLURM command runs: this works on a
     laptop reaching the queue over SFTP. A job whose batch script failed before
     its worker started stays "pending" here until :func:`reconcile_jobs` (run by
-    ``slurm scale`` and by ``info`` where ``squeue`` exists) prunes it.
+    ``slurm scale`` and by ``info`` where ``squeue`` exists) prunes it. At most
+    the ``limit`` newest records are read (records of ended jobs pile up where
+    nothing prunes them).
     """
     workers = {str(w.slurm_job_id): w for w in queue.workers() if w.slurm_job_id}
     found: dict[str, SlurmJobStatus] = {}
     try:
-        names = sorted(n for n in queue.storage.listdir(JOBS_DIR) if n.endswith(".json"))
+        names = [n for n in queue.storage.listdir(JOBS_DIR) if _JOB_ID.match(n.removesuffix(".json"))]
     except (FileNotFoundError, NotADirectoryError):
         names = []
+    names = sorted(names, key=lambda n: int(n.removesuffix(".json")))[-limit:]
     for name in names:
         record = _read_job_record(queue, name)
         if record is None:
