@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import sys
 import threading
 import time
@@ -297,12 +298,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  {w.id}  host={w.host} pid={w.pid} heartbeat {_duration(w.heartbeat_age)} ago  {running}{slurm}")
         if w.mismatch:
             print(f"    environment differs from its submitter's: {w.mismatch}")
+    _print_slurm_jobs(queue)
     if queue.storage.exists("slurm.json"):
         from fs_task_queue.slurm import read_policy
 
         policy = read_policy(queue)
         if policy is not None:
             print(policy.describe())
+    _print_learned_durations(queue)
     failed = queue.jobs(JobStatus.FAILED)[-args.failures :] if args.failures else []
     if failed:
         print(f"recent failures (last {len(failed)}):")
@@ -314,6 +317,42 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 continue
             print(f"  {job.id}  {info.function}  {info.error}")
     return 0
+
+
+def _print_slurm_jobs(queue: Queue) -> None:
+    """Pending and running SLURM worker jobs (from the queue's records; pruned first where squeue runs)."""
+    if not queue.storage.exists("slurm/jobs"):
+        return
+    from fs_task_queue.slurm import check_jobs, list_jobs
+
+    if shutil.which("squeue"):  # a login node: records of ended jobs go, failed starts are named
+        try:
+            for line in check_jobs(queue):
+                print(line)
+        except (FSQError, OSError) as exc:
+            print(f"  cannot compare the SLURM jobs with squeue: {exc}")
+    jobs = [j for j in list_jobs(queue) if j.state != "ended"]
+    if jobs:
+        running = sum(j.state == "running" for j in jobs)
+        print(f"SLURM jobs: {running} running, {len(jobs) - running} pending")
+    for j in jobs:
+        if j.state == "running":
+            left = "-" if j.end_time is None else _duration(max(0.0, j.end_time - time.time()))
+            print(f"  job {j.job_id} ({j.partition or '-'}) running: worker {j.worker_id}, {left} left")
+        else:
+            print(f"  job {j.job_id} ({j.partition or '-'}) pending for {_duration(time.time() - j.submitted)}")
+
+
+def _print_learned_durations(queue: Queue) -> None:
+    from fs_task_queue.durations import DURATIONS, learned_durations
+
+    if not queue.storage.exists(DURATIONS):
+        return
+    estimates = learned_durations(queue)
+    if estimates:
+        print("learned run times (the longest of the recent runs, for SLURM workers' claims):")
+    for e in estimates[:10]:
+        print(f"  {e.key}: up to {_duration(e.high)} ({e.runs} run(s))")
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:

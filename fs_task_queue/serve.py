@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fs_task_queue import layout
 from fs_task_queue.board import Board
+from fs_task_queue.durations import DurationCache, DurationLog, duration_key
 from fs_task_queue.execute import (
     CallResult,
     Task,
@@ -183,6 +184,9 @@ class TaskLoop:
         self.claim_until = claim_until or (board.claim_until if board is not None else None)
         #: Task files that do not fit the time left: left queued for other workers.
         self.too_long: set[str] = set()
+        # Run times of finished tasks, learned per function (see fs_task_queue.durations).
+        self.durations = DurationLog(self.queue.storage)
+        self._learned: DurationCache | None = None
         self.jobs_done = 0
         self._exit: LoopExit | None = None
         self._delayed_since_look = False
@@ -206,7 +210,11 @@ class TaskLoop:
         if until is None:
             return True
         task = read_claimed(job)
-        expected = 0.0 if task is None else float(task.options.get("expected_duration", 0.0))
+        expected, learned = 0.0, ""
+        if task is not None:
+            expected = float(task.options.get("expected_duration", 0.0))
+            if not expected:
+                expected, learned = self._learned_duration(task.header)
         left = until - time.time()
         if expected <= left and left > 0:
             return True
@@ -217,12 +225,25 @@ class TaskLoop:
             assert job._name is not None
             self.too_long.add(job._name)
             log.info(
-                "job %s expects to run %.0f s; this worker has %.0f s left: left it queued for another worker",
+                "job %s expects to run %.0f s%s; this worker has %.0f s left: left it queued for another worker",
                 job.id,
                 expected,
+                learned,
                 left,
             )
         return False
+
+    def _learned_duration(self, header: dict[str, Any]) -> tuple[float, str]:
+        """What earlier runs of this task's function took (0: nothing learned), and a note saying so."""
+        key = duration_key(header)
+        if key is None:
+            return 0.0, ""
+        if self._learned is None:
+            self._learned = DurationCache(self.queue.storage)
+        estimate = self._learned.estimate(key)
+        if estimate is None:
+            return 0.0, ""
+        return estimate.high, f" (the longest of its function's last {len(estimate.recent)} runs)"
 
     def _run_one(self, job: Job) -> None:
         task = read_claimed(job)
@@ -245,6 +266,10 @@ class TaskLoop:
         if board is not None:
             board.committing(task.name)
         reason = settle_outcome(job, task, result, self.worker_id, self.sink)
+        if result.status is JobStatus.FINISHED:
+            key = duration_key(task.header)
+            if key is not None:
+                self.durations.add(key, result.ended - result.started)
         if result.status is JobStatus.FAILED and task.options.get("retries") and reason is None:
             self._delayed_since_look = self._delayed_since_look or bool(task.options.get("retry_delay"))
         if reason is not None:
@@ -324,5 +349,6 @@ class TaskLoop:
         finally:
             self._watcher = None
             watcher.close()
+            self.durations.flush()
         assert self._exit is not None
         return self._exit

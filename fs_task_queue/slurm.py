@@ -50,9 +50,15 @@ __all__ = [
     "PoolPolicy",
     "ScaleResult",
     "SlurmJob",
+    "SlurmJobStatus",
     "SubmitOptions",
     "Walltime",
     "batch_script",
+    "check_jobs",
+    "list_jobs",
+    "mark_started",
+    "record_jobs",
+    "reconcile_jobs",
     "read_policy",
     "sbatch_argv",
     "scale",
@@ -246,13 +252,18 @@ def submit_workers(
         print(f"# {n} x: {shlex.join(argv)} < script")
         print(script, end="")
         return []
-    if policy is None:
-        return _sbatch(script, argv, n)
     from fs_task_queue.queue import Queue
+
+    if policy is None:
+        queue = Queue(path, create=False)
+        ids = _sbatch(script, argv, n)
+        record_jobs(queue, ids, options)
+        return ids
 
     queue = Queue(path, create=False)
     write_policy(queue, policy)  # first: the pool is set even if this submission fails
     ids = _sbatch(script, argv, n)
+    record_jobs(queue, ids, options)
     policy.submitted = [_now()] * len(ids)  # they count against the per-minute cap
     write_policy(queue, policy)
     return ids
@@ -399,8 +410,11 @@ class PoolPolicy:
     ``max_per_minute``: at most this many submissions in any minute.
     ``options``: the sbatch options and worker arguments every pool worker gets.
     ``submitted``: when the last submissions were made (for the per-minute cap);
-    ``failures``/``last_error``: failed submissions in a row; after
+    ``failures``/``last_error``: failed submissions and failed worker starts (a
+    job that ended without its worker starting) in a row; after
     :data:`MAX_FAILED_SUBMISSIONS` nothing is submitted until the policy is set again.
+    ``last_start``: when the latest worker of a recorded job started; a start later than
+    ``last_failure`` (when the latest failure happened) resets ``failures``.
     """
 
     max_workers: int
@@ -410,6 +424,8 @@ class PoolPolicy:
     submitted: list[float] = field(default_factory=list)
     failures: int = 0
     last_error: str = ""
+    last_start: float = 0.0
+    last_failure: float = 0.0
 
     def check(self) -> None:
         for what, value in (
@@ -440,9 +456,9 @@ class PoolPolicy:
             f" --time {self.options.time}"
         )
         if self.failures >= MAX_FAILED_SUBMISSIONS:
-            text += f"; STOPPED after {self.failures} failed submissions (last: {self.last_error})"
+            text += f"; STOPPED after {self.failures} failed submissions or worker starts (last: {self.last_error})"
         elif self.failures:
-            text += f"; {self.failures} failed submission(s) in a row (last: {self.last_error})"
+            text += f"; {self.failures} failed submission(s) or worker start(s) in a row (last: {self.last_error})"
         return text
 
 
@@ -565,10 +581,13 @@ def _scale(
         policy.failures, policy.last_error = 0, ""  # the user looked at it: try again
         policy.check()
         write_policy(queue, policy)
+    if _count_starts(queue, policy) is not None:
+        write_policy(queue, policy)
     if policy.failures >= MAX_FAILED_SUBMISSIONS:
         raise SlurmError(
-            f"not submitting: the last {policy.failures} submissions failed (last: {policy.last_error});"
-            " fix the cause, then set the pool again with `fs-task-queue slurm scale PATH --max N`"
+            f"not submitting: the last {policy.failures} submissions or worker starts failed"
+            f" (last: {policy.last_error}); fix the cause, then set the pool again with"
+            " `fs-task-queue slurm scale PATH --max N`"
         )
     waiting = queue.stats()["queued"]
     running, pending = count_jobs(policy.options.job_name, exclude=exclude)
@@ -598,8 +617,12 @@ def _scale(
             except SlurmError as exc:
                 error = str(exc)
                 break
+            record_jobs(queue, ids[-1:], options)
             policy.submitted.append(time.time())
-        policy.failures, policy.last_error = (policy.failures + 1, error) if error else (0, "")
+        if error:
+            policy.failures, policy.last_error, policy.last_failure = policy.failures + 1, error, time.time()
+        # A submission that works resets nothing: its job may still fail to start a worker.
+        # What resets the count is a worker that starts (see _count_starts).
         write_policy(queue, policy)
     message = (
         f"{waiting} task(s) waiting, {running} worker(s) running and {pending} pending;"
@@ -725,3 +748,246 @@ def _run_on_host(queue: Queue, args: list[str]) -> str:
             hint = ". Fix: the fs-task-queue there is older than this one: upgrade it"
         raise SlurmError(f"`{done.command}` failed on the host of {queue.path}: {said}{hint}")
     return done.stdout
+
+
+# ------------------------------------------------------------ submitted jobs
+#: One record per submitted worker job: ``slurm/jobs/<job id>.json``.
+JOBS_DIR = "slurm/jobs"
+#: A record larger than this is not read (it is nobody's).
+_MAX_RECORD = 8192
+_JOB_ID = re.compile(r"^\d{1,20}$")
+
+
+def _job_record_path(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise ValueError(f"{job_id!r} is not a SLURM job id")
+    return f"{JOBS_DIR}/{job_id}.json"
+
+
+def _output_path(options: SubmitOptions, job_id: str, cwd: str) -> str:
+    """Where SLURM writes the job's log (sbatch's --output, or slurm-<id>.out in the submit directory)."""
+    pattern = options.output or ("slurm-%A_%a.out" if options.array else "slurm-%j.out")
+    text = pattern.replace("%j", job_id).replace("%A", job_id).replace("%x", options.job_name)
+    return os.path.join(cwd, text)
+
+
+def record_jobs(queue: Queue, ids: Sequence[str], options: SubmitOptions) -> None:
+    """Record submitted worker jobs in the queue, so they are visible while pending (see :func:`list_jobs`)."""
+    now, cwd = time.time(), os.getcwd()
+    for job_id in ids:
+        record = {
+            "job_id": job_id,
+            "submitted": now,
+            "time_limit": options.time,
+            "partition": options.partition,
+            "job_name": options.job_name,
+            "array": options.array,
+            "output": _output_path(options, job_id, cwd),
+        }
+        try:
+            queue.storage.publish(_job_record_path(job_id), json.dumps(record).encode(), replace=True, make_parent=True)
+        except (OSError, ValueError) as exc:  # the job is submitted all the same
+            log.warning("cannot record SLURM job %s in the queue: %s", job_id, exc)
+
+
+def _read_job_record(queue: Queue, name: str) -> dict[str, Any] | None:
+    try:
+        data = queue.storage.read(f"{JOBS_DIR}/{name}")
+    except OSError:
+        return None
+    if len(data) > _MAX_RECORD:
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("job_id"), str):
+        return None
+    if f"{record['job_id']}.json" != name or not isinstance(record.get("submitted"), (int, float)):
+        return None
+    return record
+
+
+def mark_started(queue: Queue, job: SlurmJob, worker_id: str) -> None:
+    """From a worker starting in SLURM job ``job``: mark its record started (a job not recorded is left alone)."""
+    job_id = job.array_job_id or job.job_id
+    if not _JOB_ID.match(job_id):
+        return
+    record = _read_job_record(queue, f"{job_id}.json")
+    if record is None:
+        return  # submitted by hand (plain sbatch): nothing to mark
+    record.update(started=time.time(), worker_id=worker_id)
+    queue.storage.publish(_job_record_path(job_id), json.dumps(record).encode(), replace=True)
+
+
+@dataclass(frozen=True)
+class SlurmJobStatus:
+    """A SLURM worker job as the queue knows it (see :func:`list_jobs`).
+
+    ``state``: "pending" (submitted, no worker started yet), "running" (its
+    worker is registered) or "ended" (its worker started and is gone).
+    ``end_time``: a running worker's known end (epoch seconds).
+    """
+
+    job_id: str
+    state: str
+    partition: str | None
+    submitted: float
+    end_time: float | None = None
+    worker_id: str | None = None
+    output: str | None = None
+
+
+def list_jobs(queue: Queue, *, limit: int = 200) -> list[SlurmJobStatus]:
+    """The SLURM worker jobs serving ``queue``, pending and running, from the queue's storage alone.
+
+    Pending jobs come from the records :func:`submit_workers` and :func:`scale`
+    leave in ``slurm/jobs/``; running ones from the workers' own records (so a
+    worker submitted by hand shows too). No SLURM command runs: this works on a
+    laptop reaching the queue over SFTP. A job whose batch script failed before
+    its worker started stays "pending" here until :func:`reconcile_jobs` (run by
+    ``slurm scale`` and by ``info`` where ``squeue`` exists) prunes it. At most
+    the ``limit`` newest records are read (records of ended jobs pile up where
+    nothing prunes them).
+    """
+    workers = {str(w.slurm_job_id): w for w in queue.workers() if w.slurm_job_id}
+    found: dict[str, SlurmJobStatus] = {}
+    try:
+        names = [n for n in queue.storage.listdir(JOBS_DIR) if _JOB_ID.match(n.removesuffix(".json"))]
+    except (FileNotFoundError, NotADirectoryError):
+        names = []
+    names = sorted(names, key=lambda n: int(n.removesuffix(".json")))[-limit:]
+    for name in names:
+        record = _read_job_record(queue, name)
+        if record is None:
+            continue
+        job_id = record["job_id"]
+        worker = workers.pop(job_id, None)
+        partition = record.get("partition") if isinstance(record.get("partition"), str) else None
+        if worker is not None:
+            status = SlurmJobStatus(
+                job_id, "running", worker.partition or partition, float(record["submitted"]),
+                worker.slurm_end_time, worker.id, record.get("output"),
+            )  # fmt: skip
+        else:
+            state = "ended" if record.get("started") else "pending"
+            worker_id = record.get("worker_id") if isinstance(record.get("worker_id"), str) else None
+            status = SlurmJobStatus(
+                job_id, state, partition, float(record["submitted"]), None, worker_id, record.get("output")
+            )
+        found[job_id] = status
+    for job_id, worker in workers.items():  # submitted by hand: no record
+        found[job_id] = SlurmJobStatus(
+            job_id, "running", worker.partition, worker.started_at or 0.0, worker.slurm_end_time, worker.id
+        )
+    return sorted(found.values(), key=lambda j: (j.submitted, j.job_id))
+
+
+def _squeue_ids() -> set[str]:
+    """Ids of this user's jobs that SLURM still lists (pending, running, completing)."""
+    import getpass
+
+    # Every state of a job that may still start or run its worker (finished ones stay listed for MinJobAge).
+    states = "PD,CF,R,CG,S,ST,RQ,RH,RF,RS,SI,SO"
+    argv = ["squeue", "-h", "-o", "%i", "-u", getpass.getuser(), "-t", states]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError as exc:
+        raise SlurmError("squeue not found: run this on a SLURM login node (or put SLURM's bin on PATH)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SlurmError("squeue gave no answer in 60 s: is slurmctld up? (try `squeue` yourself)") from exc
+    if done.returncode != 0:
+        raise SlurmError(f"squeue failed: {done.stderr.strip() or done.stdout.strip()}")
+    # Array tasks show as <array id>_<task>: the record is the array's.
+    return {line.split("_")[0].strip() for line in done.stdout.splitlines() if line.strip()}
+
+
+@dataclass
+class Reconciled:
+    """What :func:`reconcile_jobs` found: jobs that ended without starting a worker, and pruned records."""
+
+    failed_starts: list[dict[str, Any]]
+    pruned: list[str]
+    last_start: float
+
+
+def reconcile_jobs(queue: Queue) -> Reconciled:
+    """Compare the recorded jobs with squeue: prune those SLURM no longer lists; name those that never started.
+
+    A recorded job that SLURM no longer lists and whose worker never marked
+    its record started failed to start a worker (its batch script failed: a
+    broken Python, environment or worker option); its log is its ``output``.
+    """
+    try:
+        names = sorted(n for n in queue.storage.listdir(JOBS_DIR) if n.endswith(".json"))
+    except (FileNotFoundError, NotADirectoryError):
+        return Reconciled([], [], 0.0)
+    listed = _squeue_ids()
+    failed: list[dict[str, Any]] = []
+    pruned: list[str] = []
+    last_start = 0.0
+    for name in names:
+        record = _read_job_record(queue, name)
+        if record is None:
+            continue
+        started = record.get("started")
+        if isinstance(started, (int, float)):
+            last_start = max(last_start, float(started))
+        if record["job_id"] in listed:
+            continue
+        if not started:
+            failed.append(record)
+        with contextlib.suppress(FileNotFoundError):
+            queue.storage.remove(f"{JOBS_DIR}/{name}")
+        pruned.append(record["job_id"])
+    return Reconciled(failed, pruned, last_start)
+
+
+def check_jobs(queue: Queue) -> list[str]:
+    """On a login node (squeue): prune the records of ended jobs and count failed worker starts.
+
+    With a pool policy the failed starts count in it (under the pool's lock),
+    as :func:`scale` counts them. Returns a line per job that ended without
+    starting its worker, naming its output file.
+    """
+    if read_policy(queue) is None:
+        return [_failed_start(r) for r in reconcile_jobs(queue).failed_starts]
+    with _pool_lock(queue):
+        policy = read_policy(queue)
+        if policy is None:  # removed meanwhile
+            return [_failed_start(r) for r in reconcile_jobs(queue).failed_starts]
+        found = _count_starts(queue, policy)
+        if found is not None:
+            write_policy(queue, policy)
+            return [_failed_start(r) for r in found.failed_starts]
+    return []
+
+
+def _failed_start(record: dict[str, Any]) -> str:
+    output = record.get("output")
+    return f"SLURM job {record['job_id']} ended without starting its worker" + (
+        f"; its output is in {output}" if isinstance(output, str) and output else ""
+    )
+
+
+def _count_starts(queue: Queue, policy: PoolPolicy) -> Reconciled | None:
+    """Count the recorded jobs that ended without starting a worker; a started worker resets the count.
+
+    Returns what was found if the policy changed (None if not). Needs squeue (a login node).
+    """
+    found = reconcile_jobs(queue)
+    events: list[tuple[float, dict[str, Any] | None]] = [(float(r["submitted"]), r) for r in found.failed_starts]
+    if found.last_start > policy.last_start:
+        events.append((found.last_start, None))
+    for when, record in sorted(events, key=lambda e: e[0]):
+        if record is None:
+            # A start seen late (this is the first look since) resets only failures before it.
+            if when > policy.last_failure:
+                policy.failures, policy.last_error = 0, ""
+            policy.last_start = when
+            continue
+        policy.failures += 1
+        policy.last_failure = max(policy.last_failure, when)  # when submitted: when it failed is unknown
+        policy.last_error = _failed_start(record)
+        log.warning("%s", policy.last_error)
+    return found if events else None

@@ -167,10 +167,28 @@ class Worker:
             # SLURM's SIGTERM (time limit or scancel) is followed by SIGKILL within
             # KillWait (seconds): no grace, put the running task back now.
             self.kill_task(f"received SIGTERM from SLURM (job {self.walltime.job.job_id} is ending)")
+        elif signum == signal.SIGUSR1 and self.walltime is not None and not self._stop.is_set():
+            self._drain_for_slurm()
         elif self._stop.is_set():
             self.kill_task(f"received a second signal ({name})")
         else:
             self.stop(f"received {name}")
+
+    def _drain_for_slurm(self) -> None:
+        """SIGUSR1 in a SLURM job (``--signal=B:USR1@N``): stop claiming; the running task may finish
+        until ``kill_margin`` seconds before the job's end (not just ``grace``), then it is put back."""
+        walltime = self.walltime
+        assert walltime is not None
+        end = walltime.end
+        if end is None:
+            self.stop("received SIGUSR1 (the job's end is not known: the running task gets --grace)")
+            return
+        left = max(0.0, end - walltime.kill_margin - time.time())
+        self.stop(
+            f"received SIGUSR1 from SLURM (job {walltime.job.job_id} ends in {max(0.0, end - time.time()):.0f} s):"
+            f" the running task (if any) may go on for {left:.0f} s, then it is put back in the queue"
+        )
+        self._hard_deadline = time.monotonic() + left
 
     # ------------------------------------------------------------ heartbeat
     def _register(self) -> None:
@@ -382,6 +400,8 @@ class Worker:
         # The heartbeat file is published without replacing first: it is what
         # makes a second worker with the same name fail fast with a clear error.
         self._register()
+        if self.walltime is not None:
+            _mark_slurm_job_started(self)
         claimer = Claimer(self.queue, self.id, heartbeat=False)
         try:
             claimer.register()
@@ -430,6 +450,17 @@ def _slurm_walltime() -> Walltime | None:
 
     job = SlurmJob.here()
     return None if job is None else Walltime(job)
+
+
+def _mark_slurm_job_started(worker: Worker) -> None:
+    """Mark this SLURM job's record in the queue started (it no longer counts as pending, nor as a failed start)."""
+    from fs_task_queue.slurm import mark_started
+
+    assert worker.walltime is not None
+    try:
+        mark_started(worker.queue, worker.walltime.job, worker.id)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot mark SLURM job %s started in the queue: %s", worker.walltime.job.job_id, exc)
 
 
 def _environment_mismatch() -> str:

@@ -84,7 +84,7 @@ def test_caps_stop_submissions_with_a_message(slurm: SlurmCluster, tmp_path: Pat
         result = scale(queue)
         assert result.submitted == [] and f"a submission failed ({attempt} in a row)" in result.message
     assert "no more submissions until the pool is set again" in result.message
-    with pytest.raises(SlurmError, match="the last 3 submissions failed"):
+    with pytest.raises(SlurmError, match="the last 3 submissions or worker starts failed"):
         scale(queue)
     policy = read_policy(queue)
     assert policy is not None and "STOPPED after 3 failed submissions" in policy.describe()
