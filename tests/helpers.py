@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -150,6 +151,13 @@ def touch_and_return(path: str, value: Any = None) -> Any:
 
 def divide(a: float, b: float) -> float:
     return a / b
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, grace: float = 10.0) -> None:
