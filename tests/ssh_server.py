@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import stop_process
+from helpers import free_port, stop_process
 
 SSHD = "/usr/sbin/sshd"
 
@@ -33,12 +33,6 @@ def require_sshd() -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true: {message}", pytrace=False)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Sshd:

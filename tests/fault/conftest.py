@@ -88,10 +88,11 @@ def lab(tmp_path: Path, procs: Procs) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from sshfs_helpers import SSHServer, require_ssh_tools
+    from ssh_server import Sshd
+    from sshfs_helpers import require_ssh_tools
 
     require_ssh_tools()
-    server = SSHServer(tmp_path_factory.mktemp("sshd"))
+    server = Sshd(tmp_path_factory.mktemp("sshd"))
     try:
         yield server.start()
     finally:
