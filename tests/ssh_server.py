@@ -108,6 +108,17 @@ class Sshd:
         proc, self.proc = self.proc, None
         stop_process(proc)
 
+    def __enter__(self) -> Sshd:
+        """Started; stopped at the block's end, or at once if it does not start in time."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def options(self, **changes: object):  # type: ignore[no-untyped-def]
         """SSHOptions that log in as root with the client key and check the host key strictly."""
         from fs_task_queue.storage.sftp import SSHOptions
@@ -136,8 +147,5 @@ def ssh_opts(sshd: Sshd, **changes: object) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     require_sshd()
-    server = Sshd(tmp_path_factory.mktemp("sshd")).start()
-    try:
+    with Sshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
-    finally:
-        server.stop()

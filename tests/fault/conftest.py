@@ -92,11 +92,8 @@ def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from sshfs_helpers import require_ssh_tools
 
     require_ssh_tools()
-    server = Sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    with Sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 @pytest.fixture
