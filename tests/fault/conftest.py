@@ -18,7 +18,7 @@ import pytest
 from fs_task_queue import Queue
 
 from . import faultlib
-from .faultlib import CommitCounter, Procs, Tally, record, tally
+from .faultlib import CommitCounter, Procs, Tally, executions, mark, record, registered, tally, wait_for
 
 # Worker processes cannot import the test package: ship task functions by value.
 cloudpickle.register_pickle_by_value(faultlib)
@@ -56,6 +56,18 @@ class Lab:
     def worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> Any:
         return self.procs.worker(self.path, name, *args, env=env)
 
+    def registered_worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> Any:
+        """:meth:`worker`, returned once it has registered (its ``workers/<name>`` record exists)."""
+        proc = self.worker(name, *args, env=env)
+        wait_for(lambda: registered(self.path, name), what=f"the worker {name} to register")
+        return proc
+
+    def running(self, key: str, **kwargs: Any) -> Any:
+        """Enqueue ``mark(fx, key, end=True, **kwargs)`` and return its job once the task has started."""
+        job = self.queue.enqueue(mark, str(self.fx), key, end=True, **kwargs)
+        wait_for(lambda: executions(self.fx)[key] == 1, what=f"the task {key} to start")
+        return job
+
     def tally(self, name: str, jobs: dict[str, Any], note: str = "") -> Tally:
         """Count (and record in the fault table) lost / re-executed / re-committed jobs."""
         result = tally(name, jobs, self.fx, self.commits.snapshot(), self.path / "results")
@@ -73,8 +85,14 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, procs: Procs) -> Iterator[Lab]:
-    path = tmp_path / "q"
+def lab_path(tmp_path: Path) -> Path:
+    """Where ``lab``'s queue lives; a module overrides it to put the queue elsewhere (test_disk_full: a tmpfs)."""
+    return tmp_path / "q"
+
+
+@pytest.fixture
+def lab(tmp_path: Path, lab_path: Path, procs: Procs) -> Iterator[Lab]:
+    path = lab_path
     queue = Queue(path)
     fx = tmp_path / "fx"
     fx.mkdir()
