@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,41 @@ def touch_and_return(path: str, value: Any = None) -> Any:
 
 def divide(a: float, b: float) -> float:
     return a / b
+
+
+class CountingStorage:
+    """A real storage (``inner``) that counts the operations made through it: what a remote storage pays for.
+
+    ``read_many`` counts as a read of each file it is given; with ``batch_as_one`` as one operation (one
+    request over the wire).
+    """
+
+    def __init__(self, inner: Any, batch_as_one: bool = False) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.batch_as_one = batch_as_one
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name == "local_path":
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            batch = name == "read_many" and not self.batch_as_one
+            self.calls[name] += len(args[0]) if batch else 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+    def take(self) -> Counter[str]:
+        """The operations counted since the last look, by name; the count starts again."""
+        calls, self.calls = self.calls, Counter()
+        return calls
+
+    def ops(self) -> int:
+        """How many operations since the last look; the count starts again."""
+        return sum(self.take().values())
 
 
 def free_port() -> int:
