@@ -86,6 +86,20 @@ class Workers:
         self.queues.append(Path(path))
         return proc
 
+    def serve(self, queue: Any, name: str, path: str | os.PathLike[str] | None = None) -> subprocess.Popen[bytes]:
+        """One long-running worker ``name`` on ``path`` (default: ``queue.path``), returned once ``queue`` lists it.
+
+        ``queue`` may be another view of the same queue (an SSHQueue): then its listing is what is waited for.
+        """
+        args = ("--name", name, "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
+        proc = self.start(queue.path if path is None else path, *args)
+        wait_for(
+            lambda: proc.poll() is not None or any(w.id == name for w in queue.workers()),
+            what=f"the worker {name} to register",
+        )
+        assert proc.poll() is None, self.log(proc)
+        return proc
+
     def log(self, proc: subprocess.Popen[bytes]) -> str:
         return self.logs[self.procs.index(proc)].read_text(errors="replace")
 

@@ -8,6 +8,7 @@ table collected by the tests is printed at the end of the run.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,8 @@ class Lab:
 
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path / "logs")
-    try:
+    with closing(Procs(tmp_path / "logs")) as p:
         yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture
