@@ -53,6 +53,16 @@ def make_root(root: str) -> None:
         os.makedirs(f"{root}/{sub}", exist_ok=True)
 
 
+def publish(tmp: str, final: str, data: bytes) -> None:
+    """open/write/close ``tmp``, then rename it to ``final``: readers see the whole file or none."""
+    fd = os.open(tmp, _CREATE, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(tmp, final)
+
+
 def enqueue(root: str, n: int, payload: bytes, *, start: int = 0) -> list[str]:
     """Submit ``n`` tasks: one open/write/close/rename each. Names sort in submission order."""
     names = []
@@ -60,13 +70,7 @@ def enqueue(root: str, n: int, payload: bytes, *, start: int = 0) -> list[str]:
     for i in range(start, start + n):
         # time_ns keeps names from different runs in order; the counter breaks ties.
         name = f"{time.time_ns():020d}-{prefix}-{i:09d}"
-        tmp = f"{root}/tmp/{name}.tmp"
-        fd = os.open(tmp, _CREATE, 0o600)
-        try:
-            os.write(fd, payload)
-        finally:
-            os.close(fd)
-        os.rename(tmp, f"{root}/queued/{name}")
+        publish(f"{root}/tmp/{name}.tmp", f"{root}/queued/{name}", payload)
         names.append(name)
     return names
 
@@ -87,13 +91,7 @@ def _run_one(root: str, worker_id: str, name: str) -> bool:
     except FileNotFoundError:
         return False  # another worker took it
     read_small(claimed)
-    tmp = f"{root}/tmp/{name}.r"
-    fd = os.open(tmp, _CREATE, 0o600)
-    try:
-        os.write(fd, RESULT)
-    finally:
-        os.close(fd)
-    os.rename(tmp, f"{root}/results/{name}")
+    publish(f"{root}/tmp/{name}.r", f"{root}/results/{name}", RESULT)
     return True
 
 

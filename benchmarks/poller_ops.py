@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from fs_task_queue import Queue, progress
@@ -30,30 +30,9 @@ from fs_task_queue.jupyter.poller import Poller
 from fs_task_queue.jupyter.views import GroupView, JobView
 from fs_task_queue.storage.local import LocalStorage
 
-
-class CountingStorage:
-    """A real LocalStorage that counts the operations made through it."""
-
-    def __init__(self, inner: LocalStorage) -> None:
-        self.inner = inner
-        self.location = inner.location
-        self.calls: Counter[str] = Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if not callable(attr) or name == "local_path":
-            return attr
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] += 1
-            return attr(*args, **kwargs)
-
-        return counted
-
-    def take(self) -> Counter[str]:
-        calls = self.calls.copy()
-        self.calls.clear()
-        return calls
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+# The test suite's counter (test_snapshot.py), a batch read counted as one request.
+from helpers import CountingStorage  # type: ignore[import-not-found]
 
 
 def task(seconds: float) -> None:
@@ -67,7 +46,7 @@ def measure(n: int, running: bool, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fsq-poller-bench-") as tmp:
         path = os.path.join(tmp, "queue")
         Queue(path)
-        storage = CountingStorage(LocalStorage(path))
+        storage = CountingStorage(LocalStorage(path), batch_as_one=True)
         queue = Queue(storage=storage)
         poller = Poller.instance()
         group = queue.map(task, [seconds + 2.0] * n) if n else None

@@ -43,16 +43,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -61,17 +57,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+# JupyterLab and Chromium start as in tests/test_browser.py: one launcher, one set of browser flags.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from chromium import ARGS as CHROMIUM_ARGS  # type: ignore[import-not-found]
+from chromium import CHROMIUM
+from lab_server import jupyterlab  # type: ignore[import-not-found]
+
 TOKEN = "fsq-widget-latency"
 WAIT_MS = 60_000  # any single step of a cell
 
@@ -149,12 +140,6 @@ def import_time(repeat: int = 10) -> float:
     return statistics.median(runs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _notebook(queue_dir: Path) -> dict[str, Any]:
     setup = [
         f"%load_ext fs_task_queue.jupyter\nimport fs_task_queue\nqueue = fs_task_queue.Queue({str(queue_dir)!r})",
@@ -172,83 +157,6 @@ def _notebook(queue_dir: Path) -> dict[str, Any]:
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
         "cells": [dict(cell, id=f"setup{i}", source=src) for i, src in enumerate(setup)],
     }
-
-
-@contextmanager
-def jupyterlab(tmp: Path) -> Iterator[str]:
-    """A JupyterLab server on ``tmp/lab`` (its base URL); its kernels and the server stop on exit."""
-    settings = tmp / "settings"
-    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})  # no news toast over the notebook
-    )
-    # Every cell stays rendered: with windowing, cells scrolled away are not laid out.
-    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
-        json.dumps({"windowingMode": "none"})
-    )
-    env = dict(os.environ)
-    for name, sub in [
-        ("JUPYTER_CONFIG_DIR", "config"),
-        ("JUPYTER_DATA_DIR", "data"),
-        ("JUPYTER_RUNTIME_DIR", "runtime"),
-        ("IPYTHONDIR", "ipython"),
-        ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
-    ]:
-        env[name] = str(tmp / sub)
-    env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
-    port = _free_port()
-    log = tmp / "lab.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyter",
-                "lab",
-                "--no-browser",
-                "--ip=127.0.0.1",
-                f"--port={port}",
-                f"--IdentityProvider.token={TOKEN}",
-                "--allow-root",
-                "--LabApp.news_url=None",
-                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-                "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run commands
-                f"--ServerApp.root_dir={tmp / 'lab'}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start:\n{log.read_text(errors='replace')}") from None
-                time.sleep(0.1)
-        yield base
-    finally:
-        # The kernel first (the worker's parent: it stops its workers at exit), then the server.
-        try:
-            with urllib.request.urlopen(f"{base}/api/sessions?token={TOKEN}", timeout=10) as reply:
-                sessions = json.loads(reply.read())
-            for session in sessions:
-                url = f"{base}/api/sessions/{session['id']}?token={TOKEN}"
-                urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=30).read()
-        except OSError:
-            pass
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def _stop_leftover_workers(queue_dir: Path) -> None:
@@ -323,7 +231,9 @@ def cells(runs: int, pause: float, tmp: Path) -> tuple[list[Run], list[Run], lis
     waiting: list[Run] = []
     no_wait: list[Run] = []
     try:
-        with jupyterlab(tmp) as base, sync_playwright() as pw:
+        # Every cell stays rendered: with windowing, cells scrolled away are not laid out.
+        lab_settings = {"@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"}}
+        with jupyterlab(tmp, tmp / "lab", TOKEN, lab_settings) as base, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             try:

@@ -7,12 +7,13 @@ import pwd
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import cloudpickle
 import helpers
 import pytest
-from helpers import Workers, wait_for
+from helpers import Workers
 
 from fs_task_queue import Queue
 
@@ -53,23 +54,15 @@ def queue(qpath: Path) -> Queue:
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
     """Start worker processes with ``workers.start(path, *args)``; all are stopped after the test."""
-    procs = Workers(tmp_path / "worker-logs")
-    try:
+    with closing(Workers(tmp_path / "worker-logs")) as procs:
         yield procs
-    finally:
-        procs.close()
 
 
 @pytest.fixture
 def worker(queue: Queue, workers: Workers) -> str:
     """One long-running worker on ``queue``, registered before the test starts; returns its id."""
-    name = "test-worker"
-    proc = workers.start(queue.path, "--name", name, "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
-    wait_for(
-        lambda: proc.poll() is not None or any(w.id == name for w in queue.workers()), what="the worker to register"
-    )
-    assert proc.poll() is None, workers.log(proc)
-    return name
+    workers.serve(queue, "test-worker")
+    return "test-worker"
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,20 @@ class Workers:
         self.queues.append(Path(path))
         return proc
 
+    def serve(self, queue: Any, name: str, path: str | os.PathLike[str] | None = None) -> subprocess.Popen[bytes]:
+        """One long-running worker ``name`` on ``path`` (default: ``queue.path``), returned once ``queue`` lists it.
+
+        ``queue`` may be another view of the same queue (an SSHQueue): then its listing is what is waited for.
+        """
+        args = ("--name", name, "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
+        proc = self.start(queue.path if path is None else path, *args)
+        wait_for(
+            lambda: proc.poll() is not None or any(w.id == name for w in queue.workers()),
+            what=f"the worker {name} to register",
+        )
+        assert proc.poll() is None, self.log(proc)
+        return proc
+
     def log(self, proc: subprocess.Popen[bytes]) -> str:
         return self.logs[self.procs.index(proc)].read_text(errors="replace")
 
@@ -150,6 +166,48 @@ def touch_and_return(path: str, value: Any = None) -> Any:
 
 def divide(a: float, b: float) -> float:
     return a / b
+
+
+class CountingStorage:
+    """A real storage (``inner``) that counts the operations made through it: what a remote storage pays for.
+
+    ``read_many`` counts as a read of each file it is given; with ``batch_as_one`` as one operation (one
+    request over the wire).
+    """
+
+    def __init__(self, inner: Any, batch_as_one: bool = False) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.batch_as_one = batch_as_one
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name == "local_path":
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            batch = name == "read_many" and not self.batch_as_one
+            self.calls[name] += len(args[0]) if batch else 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+    def take(self) -> Counter[str]:
+        """The operations counted since the last look, by name; the count starts again."""
+        calls, self.calls = self.calls, Counter()
+        return calls
+
+    def ops(self) -> int:
+        """How many operations since the last look; the count starts again."""
+        return sum(self.take().values())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, grace: float = 10.0) -> None:

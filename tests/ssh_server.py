@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import stop_process
+from helpers import free_port, stop_process
 
 SSHD = "/usr/sbin/sshd"
 
@@ -33,12 +33,6 @@ def require_sshd() -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true: {message}", pytrace=False)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Sshd:
@@ -114,6 +108,17 @@ class Sshd:
         proc, self.proc = self.proc, None
         stop_process(proc)
 
+    def __enter__(self) -> Sshd:
+        """Started; stopped at the block's end, or at once if it does not start in time."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def options(self, **changes: object):  # type: ignore[no-untyped-def]
         """SSHOptions that log in as root with the client key and check the host key strictly."""
         from fs_task_queue.storage.sftp import SSHOptions
@@ -142,8 +147,5 @@ def ssh_opts(sshd: Sshd, **changes: object) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     require_sshd()
-    server = Sshd(tmp_path_factory.mktemp("sshd")).start()
-    try:
+    with Sshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
-    finally:
-        server.stop()

@@ -12,30 +12,17 @@ browser download is never used). Outside CI a missing chromium skips.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium
-from helpers import stop_process
+from lab_server import jupyterlab
 
 ROOT = Path(__file__).parent.parent
 TOKEN = "fsq-browser-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -44,68 +31,8 @@ def lab(tmp_path: Path) -> Iterator[str]:
     require_chromium()
     work = tmp_path / "lab"
     shutil.copytree(ROOT / "notebooks", work)
-    settings = tmp_path / "settings"
-    apputils = settings / "@jupyterlab" / "apputils-extension"
-    apputils.mkdir(parents=True)
-    # No news toast over the notebook.
-    (apputils / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    env = dict(os.environ)
-    for name, sub in [
-        ("JUPYTER_CONFIG_DIR", "config"),
-        ("JUPYTER_DATA_DIR", "data"),
-        ("JUPYTER_RUNTIME_DIR", "runtime"),
-        ("IPYTHONDIR", "ipython"),
-        ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
-    ]:
-        env[name] = str(tmp_path / sub)
-    env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
-    port = free_port()
-    log = tmp_path / "lab.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyter",
-                "lab",
-                "--no-browser",
-                "--ip=127.0.0.1",
-                f"--port={port}",
-                f"--IdentityProvider.token={TOKEN}",
-                "--allow-root",
-                "--LabApp.news_url=None",
-                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-                "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: switch the theme by command
-                f"--ServerApp.root_dir={work}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"JupyterLab did not start:\n{log.read_text(errors='replace')}") from None
-                time.sleep(0.1)
+    with jupyterlab(tmp_path, work, TOKEN) as base:
         yield base
-    finally:
-        # Stop the notebook's kernel first (it runs the workers' parent), then the server.
-        try:
-            for session in json.loads(urllib.request.urlopen(f"{base}/api/sessions?token={TOKEN}").read()):
-                request = urllib.request.Request(f"{base}/api/sessions/{session['id']}?token={TOKEN}", method="DELETE")
-                urllib.request.urlopen(request).read()
-        except OSError:
-            pass
-        stop_process(server, grace=15)
 
 
 def shoot(page, name: str) -> Path:  # type: ignore[no-untyped-def]

@@ -6,40 +6,12 @@ import codecs
 import operator
 import os
 import time
-from collections import Counter
-from typing import Any
 
 import pytest
-from helpers import WAIT, divide, run_burst, wait_for, wait_for_file
+from helpers import WAIT, CountingStorage, divide, run_burst, wait_for, wait_for_file
 
 from fs_task_queue import JobStatus, Queue, progress
 from fs_task_queue.storage.local import LocalStorage
-
-
-class CountingStorage:
-    """A real LocalStorage that counts the operations made through it (what a remote storage pays for)."""
-
-    def __init__(self, inner: LocalStorage) -> None:
-        self.inner = inner
-        self.location = inner.location
-        self.calls: Counter[str] = Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if not callable(attr) or name == "local_path":
-            return attr
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            # A batch counts as what it stands for: a read of each file.
-            self.calls[name] += len(args[0]) if name == "read_many" else 1
-            return attr(*args, **kwargs)
-
-        return counted
-
-    def ops(self) -> int:
-        total = sum(self.calls.values())
-        self.calls.clear()
-        return total
 
 
 def counted_queue(queue: Queue) -> tuple[Queue, CountingStorage]:

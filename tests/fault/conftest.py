@@ -8,6 +8,7 @@ table collected by the tests is printed at the end of the run.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from fs_task_queue import Queue
 
 from . import faultlib
-from .faultlib import CommitCounter, Procs, Tally, record, tally
+from .faultlib import CommitCounter, Procs, Tally, executions, mark, record, registered, tally, wait_for
 
 # Worker processes cannot import the test package: ship task functions by value.
 cloudpickle.register_pickle_by_value(faultlib)
@@ -56,6 +57,18 @@ class Lab:
     def worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> Any:
         return self.procs.worker(self.path, name, *args, env=env)
 
+    def registered_worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> Any:
+        """:meth:`worker`, returned once it has registered (its ``workers/<name>`` record exists)."""
+        proc = self.worker(name, *args, env=env)
+        wait_for(lambda: registered(self.path, name), what=f"the worker {name} to register")
+        return proc
+
+    def running(self, key: str, **kwargs: Any) -> Any:
+        """Enqueue ``mark(fx, key, end=True, **kwargs)`` and return its job once the task has started."""
+        job = self.queue.enqueue(mark, str(self.fx), key, end=True, **kwargs)
+        wait_for(lambda: executions(self.fx)[key] == 1, what=f"the task {key} to start")
+        return job
+
     def tally(self, name: str, jobs: dict[str, Any], note: str = "") -> Tally:
         """Count (and record in the fault table) lost / re-executed / re-committed jobs."""
         result = tally(name, jobs, self.fx, self.commits.snapshot(), self.path / "results")
@@ -65,16 +78,19 @@ class Lab:
 
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path / "logs")
-    try:
+    with closing(Procs(tmp_path / "logs")) as p:
         yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture
-def lab(tmp_path: Path, procs: Procs) -> Iterator[Lab]:
-    path = tmp_path / "q"
+def lab_path(tmp_path: Path) -> Path:
+    """Where ``lab``'s queue lives; a module overrides it to put the queue elsewhere (test_disk_full: a tmpfs)."""
+    return tmp_path / "q"
+
+
+@pytest.fixture
+def lab(tmp_path: Path, lab_path: Path, procs: Procs) -> Iterator[Lab]:
+    path = lab_path
     queue = Queue(path)
     fx = tmp_path / "fx"
     fx.mkdir()
@@ -88,14 +104,12 @@ def lab(tmp_path: Path, procs: Procs) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from sshfs_helpers import SSHServer, require_ssh_tools
+    from ssh_server import Sshd
+    from sshfs_helpers import require_ssh_tools
 
     require_ssh_tools()
-    server = SSHServer(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    with Sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 @pytest.fixture

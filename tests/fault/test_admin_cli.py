@@ -9,13 +9,12 @@ import pytest
 
 from fs_task_queue import JobStatus, NoSuchJobError
 
-from .faultlib import all_claimed, claimed, executions, fails_first_time, mark, names, registered, run_cli, wait_for
+from .faultlib import all_claimed, claimed, fails_first_time, mark, names, registered, run_cli
 
 
 @pytest.mark.timeout(60)
 def test_stop_worker(lab):
-    worker = lab.worker("w", "--recover-interval", "0.5")
-    wait_for(lambda: registered(lab.path, "w"), what="the worker to register")
+    worker = lab.registered_worker("w", "--recover-interval", "0.5")
     out = run_cli("stop-worker", str(lab.path), "w")
     assert out.returncode == 0 and "w: heartbeat file deleted" in out.stdout, (out.stdout, out.stderr)
     assert lab.procs.wait(worker) == 0, lab.procs.log(worker)
@@ -28,10 +27,8 @@ def test_stop_worker(lab):
 @pytest.mark.timeout(90)
 def test_recover_requeues_the_task_of_a_killed_worker(lab):
     # This worker never looks for dead workers itself: only the command will.
-    victim = lab.worker("victim", "--recover-interval", "3600")
-    wait_for(lambda: registered(lab.path, "victim"), what="the worker to register")
-    job = lab.queue.enqueue(mark, str(lab.fx), "r", first_sleep=300, end=True)
-    wait_for(lambda: executions(lab.fx)["r"] == 1, what="the task to start")
+    victim = lab.registered_worker("victim", "--recover-interval", "3600")
+    job = lab.running("r", first_sleep=300)
     os.kill(victim.pid, signal.SIGKILL)
     assert victim.wait(30) == -signal.SIGKILL
     assert job.get_status() is JobStatus.STARTED  # held by a dead worker until someone recovers it

@@ -32,14 +32,11 @@ FAST = ["--recover-interval", "0.5", "--heartbeat-interval", "0.5", "--max-poll-
 
 @pytest.mark.timeout(120)
 def test_kill9_mid_task_finishes_on_another_worker(lab):
-    victim = lab.worker("victim", *FAST)
-    wait_for(lambda: registered(lab.path, "victim"), what="the victim to register")
-    job = lab.queue.enqueue(mark, str(lab.fx), "k", first_sleep=120, end=True)
-    wait_for(lambda: executions(lab.fx)["k"] == 1, what="the task to start on the victim")
+    victim = lab.registered_worker("victim", *FAST)
+    job = lab.running("k", first_sleep=120)
     assert job.get_status() is JobStatus.STARTED and job.info().worker == "victim"
 
-    lab.worker("rescuer", *FAST)
-    wait_for(lambda: registered(lab.path, "rescuer"), what="the rescuer to register")
+    lab.registered_worker("rescuer", *FAST)
     t0 = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
     assert victim.wait(30) == -signal.SIGKILL
@@ -133,13 +130,10 @@ def test_sigstop_past_dead_threshold_then_sigcont_commits_once(lab, frozen):
         "--max-poll-interval",
         "0.2",
     ]
-    sleeper = lab.worker("sleeper", *beat, env={"FSQ_HOST_ID": "host-a"})
-    wait_for(lambda: registered(lab.path, "sleeper"), what="the worker on host-a to register")
-    job = lab.queue.enqueue(mark, str(lab.fx), "s", first_sleep=60 if frozen == "host" else 10, end=True)
-    wait_for(lambda: executions(lab.fx)["s"] == 1, what="the task to start on host-a")
+    sleeper = lab.registered_worker("sleeper", *beat, env={"FSQ_HOST_ID": "host-a"})
+    job = lab.running("s", first_sleep=60 if frozen == "host" else 10)
 
-    lab.worker("watcher", *beat, env={"FSQ_HOST_ID": "host-b"})
-    wait_for(lambda: registered(lab.path, "watcher"), what="the worker on host-b to register")
+    lab.registered_worker("watcher", *beat, env={"FSQ_HOST_ID": "host-b"})
     time.sleep(4)  # longer than --dead-after: a live worker on another host keeps its task
     assert job.info().worker == "sleeper" and executions(lab.fx)["s"] == 1
 
@@ -238,8 +232,9 @@ def test_every_death_while_holding_a_task_counts_toward_max_lost(lab):
 @pytest.mark.timeout(120)
 def test_task_process_claims_nothing_while_its_worker_process_is_frozen(lab):
     """Only the worker process is stopped: its heartbeat stops, so its task process must stop claiming."""
-    sleeper = lab.worker("frozen", "--heartbeat-interval", "0.5", "--dead-after", "600", "--max-poll-interval", "0.2")
-    wait_for(lambda: registered(lab.path, "frozen"), what="the worker to register")
+    sleeper = lab.registered_worker(
+        "frozen", "--heartbeat-interval", "0.5", "--dead-after", "600", "--max-poll-interval", "0.2"
+    )
     first = lab.queue.enqueue(mark, str(lab.fx), "before")
     first.wait(30)
     os.kill(sleeper.pid, signal.SIGSTOP)

@@ -14,7 +14,7 @@ import pytest
 
 from fs_task_queue import JobStatus
 
-from .faultlib import PYTHON, ends, executions, mark, registered, run_cli, wait_for
+from .faultlib import PYTHON, ends, executions, mark, run_cli, wait_for
 
 CUSTOM_WORKER = textwrap.dedent(
     """
@@ -48,10 +48,8 @@ def test_dequeue_claimer_holding_its_lock_is_not_presumed_dead(lab):
 def test_recover_cli_leaves_a_stopping_workers_task_alone(lab):
     """Regression: after stop-worker deleted workers/<id>, `fs-task-queue recover` (wall clock) once
     took the task of the still-running worker at once."""
-    worker = lab.worker("w", "--recover-interval", "0.5", "--max-poll-interval", "0.2")
-    wait_for(lambda: registered(lab.path, "w"), what="the worker to register")
-    job = lab.queue.enqueue(mark, str(lab.fx), "r", first_sleep=5, end=True)
-    wait_for(lambda: executions(lab.fx)["r"] == 1, what="the task to start")
+    worker = lab.registered_worker("w", "--recover-interval", "0.5", "--max-poll-interval", "0.2")
+    job = lab.running("r", first_sleep=5)
     out = run_cli("stop-worker", str(lab.path), "w")
     assert out.returncode == 0, out.stderr
     out = run_cli("recover", str(lab.path))  # the worker is alive, finishing its task: nothing to recover

@@ -8,7 +8,7 @@ import pytest
 
 from fs_task_queue import JobStatus
 
-from .faultlib import all_claimed, ends, executions, mark, queued_names, registered, wait_for
+from .faultlib import all_claimed, ends, executions, mark, queued_names, wait_for
 
 FAST = ["--recover-interval", "0.5", "--max-poll-interval", "0.2"]
 
@@ -16,10 +16,8 @@ FAST = ["--recover-interval", "0.5", "--max-poll-interval", "0.2"]
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_task_shorter_than_grace_finishes_then_worker_exits(lab, sig):
-    worker = lab.worker("w", "--grace", "30", *FAST)
-    wait_for(lambda: registered(lab.path, "w"), what="the worker to register")
-    job = lab.queue.enqueue(mark, str(lab.fx), "short", sleep=2, end=True)
-    wait_for(lambda: executions(lab.fx)["short"] == 1, what="the task to start")
+    worker = lab.registered_worker("w", "--grace", "30", *FAST)
+    job = lab.running("short", sleep=2)
     later = lab.queue.enqueue(mark, str(lab.fx), "later")
     worker.send_signal(sig)
     assert lab.procs.wait(worker) == 0, lab.procs.log(worker)
@@ -35,10 +33,8 @@ def test_task_shorter_than_grace_finishes_then_worker_exits(lab, sig):
 
 @pytest.mark.timeout(90)
 def test_task_longer_than_grace_is_requeued_without_counting_an_attempt(lab):
-    worker = lab.worker("w", "--grace", "1", *FAST)
-    wait_for(lambda: registered(lab.path, "w"), what="the worker to register")
-    job = lab.queue.enqueue(mark, str(lab.fx), "long", first_sleep=300, end=True)
-    wait_for(lambda: executions(lab.fx)["long"] == 1, what="the task to start")
+    worker = lab.registered_worker("w", "--grace", "1", *FAST)
+    job = lab.running("long", first_sleep=300)
     worker.send_signal(signal.SIGTERM)
     assert lab.procs.wait(worker) == 0, lab.procs.log(worker)
     assert "interrupted by shutdown" in lab.procs.log(worker)
@@ -56,10 +52,8 @@ def test_task_longer_than_grace_is_requeued_without_counting_an_attempt(lab):
 
 @pytest.mark.timeout(90)
 def test_second_sigterm_ends_the_grace_at_once(lab):
-    worker = lab.worker("w", "--grace", "600", *FAST)
-    wait_for(lambda: registered(lab.path, "w"), what="the worker to register")
-    job = lab.queue.enqueue(mark, str(lab.fx), "long", first_sleep=300, end=True)
-    wait_for(lambda: executions(lab.fx)["long"] == 1, what="the task to start")
+    worker = lab.registered_worker("w", "--grace", "600", *FAST)
+    job = lab.running("long", first_sleep=300)
     worker.send_signal(signal.SIGTERM)
     wait_for(lambda: "stopping: received SIGTERM" in lab.procs.log(worker), what="the first SIGTERM to register")
     assert worker.poll() is None and job.get_status() is JobStatus.STARTED  # in its 600 s grace

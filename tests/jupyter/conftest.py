@@ -8,7 +8,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from helpers import Workers, wait_for
+from helpers import Workers
 
 from fs_task_queue import Queue
 
@@ -47,9 +47,7 @@ def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Interacti
 def served(qpath: Path, workers: Workers) -> Queue:
     """A queue with one idle worker registered."""
     queue = Queue(qpath)
-    proc = workers.start(qpath, "--name", "w1", "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
-    wait_for(lambda: proc.poll() is not None or any(w.id == "w1" for w in queue.workers()), what="the worker")
-    assert proc.poll() is None, workers.log(proc)
+    workers.serve(queue, "w1")
     return queue
 
 

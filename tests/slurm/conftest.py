@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ship_test_modules_by_value
+from helpers import free_port, ship_test_modules_by_value
 
 #: Per-test limit: a real TIMEOUT waits for slurmctld's 30 s tick plus KillWait.
 TIMEOUT = 150
@@ -28,12 +27,6 @@ TIMEOUT = 150
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Workers in SLURM jobs cannot import the test package: ship task functions by value.
     ship_test_modules_by_value(items, __package__, TIMEOUT)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _mem_mib() -> int:
@@ -67,8 +60,8 @@ SlurmUser={user}
 SlurmdUser={user}
 AuthType=auth/none
 CredType=cred/none
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid

@@ -35,12 +35,8 @@ def slurm_job_of_task() -> str:
 def sshd_to_slurm(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """An sshd whose sessions see the test cluster (a login node's sshd sees its site's slurm.conf)."""
     require_sshd()
-    server = Sshd(tmp_path_factory.mktemp("sshd-slurm"), extra=(f"SetEnv SLURM_CONF={slurm_cluster.conf}",))
-    server.start()
-    try:
+    with Sshd(tmp_path_factory.mktemp("sshd-slurm"), extra=(f"SetEnv SLURM_CONF={slurm_cluster.conf}",)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Workers, ship_test_modules_by_value, wait_for
+from helpers import Workers, ship_test_modules_by_value
 from ssh_server import Sshd, ssh_opts, sshd
 
 from fs_task_queue import Queue
@@ -41,29 +41,20 @@ def open_remote(sshd: Sshd, qdir: Path, mode: str) -> SSHQueue:
 @pytest.fixture(params=list(MODES))
 def remote(request: pytest.FixtureRequest, sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
     """The queue through SSH, in each mode: pure SFTP, and the remote helper."""
-    queue = open_remote(sshd, qdir, request.param)
-    try:
+    with open_remote(sshd, qdir, request.param) as queue:
         yield queue
-    finally:
-        queue.close()
 
 
 @pytest.fixture
 def remote_sftp(sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
-    queue = open_remote(sshd, qdir, "sftp")
-    try:
+    with open_remote(sshd, qdir, "sftp") as queue:
         yield queue
-    finally:
-        queue.close()
 
 
 @pytest.fixture
 def worker(local: Queue, workers: Workers) -> str:
-    name = "cluster-worker"
-    proc = workers.start(local.path, "--name", name, "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
-    wait_for(lambda: proc.poll() is not None or any(w.id == name for w in local.workers()), what="the worker")
-    assert proc.poll() is None, workers.log(proc)
-    return name
+    workers.serve(local, "cluster-worker")
+    return "cluster-worker"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

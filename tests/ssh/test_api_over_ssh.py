@@ -56,20 +56,14 @@ for _name in SHARED:
 
 @pytest.fixture(params=list(MODES))
 def queue(request: pytest.FixtureRequest, sshd: Sshd, qdir: Path, local: Queue) -> Iterator[SSHQueue]:
-    remote = open_remote(sshd, qdir, request.param)
-    try:
+    with open_remote(sshd, qdir, request.param) as remote:
         yield remote
-    finally:
-        remote.close()
 
 
 @pytest.fixture
 def worker(local: Queue, workers: helpers.Workers, queue: SSHQueue) -> str:
-    name = "test-worker"
-    proc = workers.start(local.path, "--name", name, "--heartbeat-interval", "0.5", "--max-poll-interval", "0.2")
-    helpers.wait_for(lambda: proc.poll() is not None or any(w.id == name for w in queue.workers()), what="the worker")
-    assert proc.poll() is None, workers.log(proc)
-    return name
+    workers.serve(queue, "test-worker", path=local.path)  # registered as the remote queue sees it
+    return "test-worker"
 
 
 @pytest.fixture(autouse=True)
