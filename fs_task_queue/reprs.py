@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from fs_task_queue.job import Job
     from fs_task_queue.progress import Progress, WorkerInfo
     from fs_task_queue.queue import Queue
+    from fs_task_queue.slurm import SlurmJobStatus
 
 __all__ = ["STATUS_COLORS", "group_html", "job_html", "queue_html"]
 
@@ -236,7 +237,16 @@ def queue_html(queue: Queue, *, recent: int = 8) -> str:
                 body += f"<td style='{_CELL}'>{escape(_slurm_cell(w, now))}</td>"
             body += "</tr>"
         parts.append(f'<table style="border-collapse: collapse; margin: 4px 0"><tr>{head}</tr>{body}</table>')
-    else:
+    pending = _pending_slurm_jobs(queue, workers)
+    if pending:
+        now = time.time()
+        jobs = ", ".join(
+            f"{escape(j.job_id)} ({escape(j.partition or '-')}, submitted {duration(max(0.0, now - j.submitted))} ago)"
+            for j in pending[:PENDING_SHOWN]
+        )
+        more = f" and {len(pending) - PENDING_SHOWN} more" if len(pending) > PENDING_SHOWN else ""
+        parts.append(f"<div><b>SLURM jobs pending</b> {len(pending)}: {jobs}{more}</div>")
+    elif not workers:
         parts.append(
             "<div>No worker is registered: start one with"
             f" <code>fs-task-queue-worker --path {escape(queue.path)}</code></div>"
@@ -256,3 +266,17 @@ def _slurm_cell(worker: WorkerInfo, now: float) -> str:
         return "-"
     left = "end unknown" if worker.slurm_end_time is None else duration(max(0.0, worker.slurm_end_time - now)) + " left"
     return f"{worker.slurm_job_id} ({worker.partition or '-'}), {left}"
+
+
+#: Pending SLURM jobs named on a dashboard (the rest are counted).
+PENDING_SHOWN = 5
+
+
+def _pending_slurm_jobs(queue: Queue, workers: list[WorkerInfo]) -> list[SlurmJobStatus]:
+    """The queue's SLURM worker jobs submitted and not started yet (none when it has no job records)."""
+    from fs_task_queue.slurm import list_jobs
+
+    try:
+        return [j for j in list_jobs(queue, workers=workers) if j.state == "pending"]
+    except (OSError, FSQError):
+        return []

@@ -43,6 +43,7 @@ from fs_task_queue._version import __version__
 from fs_task_queue.errors import SlurmError
 
 if TYPE_CHECKING:
+    from fs_task_queue.progress import WorkerInfo
     from fs_task_queue.queue import Queue
 
 __all__ = [
@@ -216,9 +217,8 @@ def submit_workers(
             return []
         answer = _json_answer(_run_on_host(queue_path, ["slurm", "submit", *words, "--json"]))
         return [str(i) for i in answer["job_ids"]]
-    if not isinstance(queue_path, (str, os.PathLike)):
-        queue_path = queue_path.path
-    path = os.path.abspath(os.fspath(queue_path))
+    given = None if isinstance(queue_path, (str, os.PathLike)) else queue_path
+    path = os.path.abspath(queue_path if isinstance(queue_path, (str, os.PathLike)) else queue_path.path)
     if not dry_run and not os.path.isdir(path):
         raise ValueError(f"{path} is not a directory: create the queue first (fs-task-queue info shows it)")
     options = SubmitOptions(
@@ -254,13 +254,11 @@ def submit_workers(
         return []
     from fs_task_queue.queue import Queue
 
+    queue = Queue(path, create=False) if given is None else given  # it must exist: a typo is not served
     if policy is None:
-        queue = Queue(path, create=False)
         ids = _sbatch(script, argv, n)
         record_jobs(queue, ids, options)
         return ids
-
-    queue = Queue(path, create=False)
     write_policy(queue, policy)  # first: the pool is set even if this submission fails
     ids = _sbatch(script, argv, n)
     record_jobs(queue, ids, options)
@@ -790,11 +788,28 @@ def record_jobs(queue: Queue, ids: Sequence[str], options: SubmitOptions) -> Non
             log.warning("cannot record SLURM job %s in the queue: %s", job_id, exc)
 
 
+def _read_job_records(queue: Queue, names: list[str]) -> list[dict[str, Any]]:
+    """The valid records among ``names`` (one batch: a single round trip over SSH), in that order."""
+    found = queue.storage.read_many([f"{JOBS_DIR}/{name}" for name in names])
+    out = []
+    for name in names:
+        data = found.get(f"{JOBS_DIR}/{name}")
+        record = _job_record(name, data) if isinstance(data, bytes) else None
+        if record is not None:
+            out.append(record)
+    return out
+
+
 def _read_job_record(queue: Queue, name: str) -> dict[str, Any] | None:
     try:
         data = queue.storage.read(f"{JOBS_DIR}/{name}")
     except OSError:
         return None
+    return _job_record(name, data)
+
+
+def _job_record(name: str, data: bytes) -> dict[str, Any] | None:
+    """The record in ``data`` if it is one, for a file named ``name`` (another's file is not trusted)."""
     if len(data) > _MAX_RECORD:
         return None
     try:
@@ -838,7 +853,7 @@ class SlurmJobStatus:
     output: str | None = None
 
 
-def list_jobs(queue: Queue, *, limit: int = 200) -> list[SlurmJobStatus]:
+def list_jobs(queue: Queue, *, limit: int = 200, workers: list[WorkerInfo] | None = None) -> list[SlurmJobStatus]:
     """The SLURM worker jobs serving ``queue``, pending and running, from the queue's storage alone.
 
     Pending jobs come from the records :func:`submit_workers` and :func:`scale`
@@ -848,21 +863,18 @@ def list_jobs(queue: Queue, *, limit: int = 200) -> list[SlurmJobStatus]:
     its worker started stays "pending" here until :func:`reconcile_jobs` (run by
     ``slurm scale`` and by ``info`` where ``squeue`` exists) prunes it. At most
     the ``limit`` newest records are read (records of ended jobs pile up where
-    nothing prunes them).
+    nothing prunes them). ``workers``: ``queue.workers()`` if the caller has it already.
     """
-    workers = {str(w.slurm_job_id): w for w in queue.workers() if w.slurm_job_id}
+    in_jobs = {str(w.slurm_job_id): w for w in (queue.workers() if workers is None else workers) if w.slurm_job_id}
     found: dict[str, SlurmJobStatus] = {}
     try:
         names = [n for n in queue.storage.listdir(JOBS_DIR) if _JOB_ID.match(n.removesuffix(".json"))]
     except (FileNotFoundError, NotADirectoryError):
         names = []
     names = sorted(names, key=lambda n: int(n.removesuffix(".json")))[-limit:]
-    for name in names:
-        record = _read_job_record(queue, name)
-        if record is None:
-            continue
+    for record in _read_job_records(queue, names):
         job_id = record["job_id"]
-        worker = workers.pop(job_id, None)
+        worker = in_jobs.pop(job_id, None)
         partition = record.get("partition") if isinstance(record.get("partition"), str) else None
         if worker is not None:
             status = SlurmJobStatus(
@@ -876,7 +888,7 @@ def list_jobs(queue: Queue, *, limit: int = 200) -> list[SlurmJobStatus]:
                 job_id, state, partition, float(record["submitted"]), None, worker_id, record.get("output")
             )
         found[job_id] = status
-    for job_id, worker in workers.items():  # submitted by hand: no record
+    for job_id, worker in in_jobs.items():  # submitted by hand: no record
         found[job_id] = SlurmJobStatus(
             job_id, "running", worker.partition, worker.started_at or 0.0, worker.slurm_end_time, worker.id
         )
@@ -926,10 +938,7 @@ def reconcile_jobs(queue: Queue) -> Reconciled:
     failed: list[dict[str, Any]] = []
     pruned: list[str] = []
     last_start = 0.0
-    for name in names:
-        record = _read_job_record(queue, name)
-        if record is None:
-            continue
+    for record in _read_job_records(queue, names):
         started = record.get("started")
         if isinstance(started, (int, float)):
             last_start = max(last_start, float(started))
@@ -938,7 +947,7 @@ def reconcile_jobs(queue: Queue) -> Reconciled:
         if not started:
             failed.append(record)
         with contextlib.suppress(FileNotFoundError):
-            queue.storage.remove(f"{JOBS_DIR}/{name}")
+            queue.storage.remove(f"{JOBS_DIR}/{record['job_id']}.json")
         pruned.append(record["job_id"])
     return Reconciled(failed, pruned, last_start)
 
