@@ -639,7 +639,7 @@ def _resolve_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     """Set ``args.path`` from the positional path or ``--path`` (a command's usage error if neither, or both)."""
     option = getattr(args, "path_option", None)
     dask = getattr(args, "dask", None)
-    if option is None and args.path is None and dask and ":" not in dask:
+    if option is None and getattr(args, "path", "") is None and dask and ":" not in dask:
         # `worker --dask /scratch/q`: --dask's optional address took the queue's path
         # (scheduler addresses have a port or a scheme: tcp://host:8786, host:8786).
         args.path, args.dask = dask, ""
