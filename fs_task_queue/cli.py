@@ -567,6 +567,17 @@ def _cmd_slurm_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_slurm_cancel(args: argparse.Namespace) -> int:
+    from fs_task_queue.slurm import cancel_workers
+
+    ids = cancel_workers(Queue(args.path, create=False), pending_only=args.pending)
+    if args.json:
+        print(json.dumps({"job_ids": ids}))
+    else:
+        print(f"canceled {len(ids)} worker job(s)" + (f": {' '.join(ids)}" if ids else ""))
+    return 0
+
+
 def _add_pool_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max", type=_positive(int), metavar="N",
@@ -622,6 +633,14 @@ def _add_slurm(sub: _Commands[argparse.ArgumentParser]) -> None:
     _add_pool_options(c)
     _add_json(c)
     c.set_defaults(func=_cmd_slurm_scale)
+    k = actions.add_parser("cancel", help="scancel the queue's worker jobs", description=(
+        "Cancel the SLURM worker jobs of the queue (pending ones, and running ones, which put their"
+        " running task back in the queue first). A pool stays set: `slurm scale` submits again while"
+        " tasks wait."))  # fmt: skip
+    _add_path(k, "queue directory")
+    k.add_argument("--pending", action="store_true", help="only the jobs that have not started")
+    _add_json(k)
+    k.set_defaults(func=_cmd_slurm_cancel)
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "SubmitOptions",
     "Walltime",
     "batch_script",
+    "cancel_workers",
     "check_jobs",
     "list_jobs",
     "mark_started",
@@ -901,17 +902,43 @@ def _squeue_ids() -> set[str]:
 
     # Every state of a job that may still start or run its worker (finished ones stay listed for MinJobAge).
     states = "PD,CF,R,CG,S,ST,RQ,RH,RF,RS,SI,SO"
-    argv = ["squeue", "-h", "-o", "%i", "-u", getpass.getuser(), "-t", states]
+    out = _slurm_command(["squeue", "-h", "-o", "%i", "-u", getpass.getuser(), "-t", states])
+    # Array tasks show as <array id>_<task>: the record is the array's.
+    return {line.split("_")[0].strip() for line in out.splitlines() if line.strip()}
+
+
+def _slurm_command(argv: list[str]) -> str:
+    """Run a SLURM client command (``squeue``, ``scancel``); its output, or SlurmError in SLURM's words."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     except FileNotFoundError as exc:
-        raise SlurmError("squeue not found: run this on a SLURM login node (or put SLURM's bin on PATH)") from exc
+        raise SlurmError(f"{argv[0]} not found: run this on a SLURM login node (or put SLURM's bin on PATH)") from exc
     except subprocess.TimeoutExpired as exc:
-        raise SlurmError("squeue gave no answer in 60 s: is slurmctld up? (try `squeue` yourself)") from exc
+        raise SlurmError(f"{argv[0]} gave no answer in 60 s: is slurmctld up? (try `squeue` yourself)") from exc
     if done.returncode != 0:
-        raise SlurmError(f"squeue failed: {done.stderr.strip() or done.stdout.strip()}")
-    # Array tasks show as <array id>_<task>: the record is the array's.
-    return {line.split("_")[0].strip() for line in done.stdout.splitlines() if line.strip()}
+        raise SlurmError(f"{argv[0]} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def cancel_workers(queue: Queue, *, pending_only: bool = False) -> list[str]:
+    """``scancel`` the SLURM worker jobs of ``queue`` (those :func:`list_jobs` knows); their ids.
+
+    Pending jobs go at once; a running worker gets SLURM's SIGTERM and puts its
+    running task back in the queue (not counted as an attempt) before it exits.
+    ``pending_only``: leave the running ones. For a queue on another machine
+    (an ``SSHQueue``) this runs ``fs-task-queue slurm cancel`` there. A pool
+    (``--max``) is not removed: ``slurm scale`` would submit again while tasks wait.
+    """
+    if _on_another_host(queue):
+        words = ["slurm", "cancel", "--json"] + (["--pending"] if pending_only else [])
+        return [str(i) for i in _json_answer(_run_on_host(queue, words))["job_ids"]]
+    wanted = ("pending",) if pending_only else ("pending", "running")
+    jobs = [j for j in list_jobs(queue) if j.state in wanted]
+    if jobs:
+        _slurm_command(["scancel", *(j.job_id for j in jobs)])
+    # A canceled pending job never starts: its record goes (it is not a failed start either).
+    queue.storage.remove_many([f"{JOBS_DIR}/{j.job_id}.json" for j in jobs if j.state == "pending"])
+    return [j.job_id for j in jobs]
 
 
 @dataclass

@@ -83,7 +83,9 @@ def _line_parser() -> _Parser:
     )
     p.add_argument("n", type=int, metavar="N")
     g = p.add_argument_group("SLURM", "with --slurm: N batch jobs, each one worker (on the queue's host for ssh://)")
-    g.add_argument("--slurm", action="store_true", help="submit N SLURM worker jobs (see docs/slurm.md)")
+    g.add_argument(
+        "--slurm", action="store_true", help="submit N SLURM worker jobs (0: cancel the queue's; see docs/slurm.md)"
+    )
     g.add_argument("--time", metavar="HH:MM:SS", help="each job's time limit (sbatch --time); required")
     g.add_argument("--partition", help="sbatch --partition")
     g.add_argument("--account", help="sbatch --account")
@@ -357,10 +359,10 @@ class FsqMagics(Magics):
 
         queue = self._queue(None)
         if args.slurm:
-            if args.n < 1:
-                raise UsageError("%fsq workers --slurm N: N is the number of worker jobs to submit (>= 1)")
+            if args.n < 0:
+                raise UsageError("%fsq workers --slurm N: N worker jobs to submit (>= 1), or 0 to cancel them all")
             try:
-                print(slurmworkers.submit(queue, args.n, args))
+                print(slurmworkers.submit(queue, args.n, args) if args.n else slurmworkers.cancel(queue))
             except (ValueError, FSQError) as exc:
                 raise UsageError(f"%fsq workers --slurm: {exc}") from None
             return

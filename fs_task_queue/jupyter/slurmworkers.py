@@ -1,5 +1,7 @@
 """``%fsq workers --slurm N --time T``: SLURM worker jobs from a notebook, and a pool that follows its cells.
 
+``%fsq workers --slurm 0`` cancels the queue's SLURM worker jobs.
+
 Both go through :mod:`fs_task_queue.slurm`, which submits on this machine for
 a local queue and on the queue's host for an ``ssh://`` one. After each
 ``%%fsq`` submission to a queue that has a pool (``--max``), :func:`follow_backlog`
@@ -12,9 +14,9 @@ from typing import Any
 
 from fs_task_queue.errors import FSQError
 from fs_task_queue.queue import Queue
-from fs_task_queue.slurm import POLICY_PATH, scale, submit_workers
+from fs_task_queue.slurm import POLICY_PATH, cancel_workers, scale, submit_workers
 
-__all__ = ["SLURM_OPTIONS", "follow_backlog", "submit"]
+__all__ = ["SLURM_OPTIONS", "cancel", "follow_backlog", "submit"]
 
 #: The ``%fsq workers`` options that belong to ``--slurm`` (their argparse ``dest`` names).
 SLURM_OPTIONS = ("time", "partition", "account", "cpus_per_task", "mem", "max", "max_idle", "sbatch_arg", "dry_run")
@@ -44,6 +46,14 @@ def submit(queue: Queue, n: int, args: Any) -> str:
         return "fsq: nothing submitted (--dry-run)"
     pool = f"; the queue's pool is at most {args.max} worker jobs" if args.max else ""
     return f"fsq: submitted {len(ids)} SLURM worker job(s) for {queue.path}: {' '.join(ids)}{pool}"
+
+
+def cancel(queue: Queue) -> str:
+    """``%fsq workers --slurm 0``: cancel the queue's SLURM worker jobs; what to print."""
+    ids = cancel_workers(queue)
+    if not ids:
+        return f"fsq: no SLURM worker jobs of {queue.path} to cancel"
+    return f"fsq: canceled {len(ids)} SLURM worker job(s): {' '.join(ids)} (running tasks go back to the queue)"
 
 
 def follow_backlog(queue: Queue) -> str | None:

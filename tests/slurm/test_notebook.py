@@ -56,6 +56,10 @@ def test_the_slurm_notebook_runs(slurm: SlurmCluster, tmp_path: Path, monkeypatc
     assert ">SLURM job</th>" in info and re.search(r"\d+ \(debug\), (\d+ min )?[\d.]+ s left", info), info
     html = next(o["data"]["text/html"] for c in code if c.source == "%fsq info" for o in c.outputs if "data" in o)
     print("screenshot:", screenshot_html(html, "slurm-queue-dashboard.png"))
+    assert (
+        "canceled" in by_source["%fsq workers --slurm 0"]
+        or "no SLURM worker jobs" in by_source["%fsq workers --slurm 0"]
+    )
     # Everything the notebook submitted ran in the test cluster's jobs.
     workers = Queue(qpath).workers()
     assert all(w.slurm_job_id for w in workers), workers
@@ -77,7 +81,7 @@ def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def _ids(said: str) -> list[str]:
     """The job ids in what ``%fsq workers --slurm`` or the pool printed."""
-    found = re.search(r": (\d+(?: \d+)*)(?:;|$)", said, re.MULTILINE)
+    found = re.search(r": (\d+(?: \d+)*)(?:;| \(|$)", said, re.MULTILINE)
     assert found, said
     return found.group(1).split()
 
@@ -112,3 +116,10 @@ def test_fsq_workers_slurm_submits_and_a_pool_follows_the_cells(
     ran_in = set(shell.user_ns["job"])
     submitted = {*_ids(first), *_ids(said)}
     assert len(submitted) == 2 and ran_in <= submitted, (ran_in, submitted)
+    # --slurm 0 cancels the queue's worker jobs (a held one here, and whichever still run).
+    shell.run_line_magic("fsq", "workers --slurm 1 --time 5:00 --sbatch-arg=--hold")
+    (held,) = _ids(capsys.readouterr().out)
+    shell.run_line_magic("fsq", "workers --slurm 0")
+    canceled = capsys.readouterr().out
+    assert "canceled" in canceled and held in _ids(canceled), canceled
+    wait_for(lambda: held not in slurm.jobs(), what="the held job to be canceled")

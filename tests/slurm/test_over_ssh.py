@@ -20,7 +20,7 @@ from ssh_server import Sshd, require_sshd, ssh_opts
 from fs_task_queue import Queue
 from fs_task_queue.errors import SlurmError
 from fs_task_queue.plugins import SSHQueue
-from fs_task_queue.slurm import scale, submit_workers
+from fs_task_queue.slurm import cancel_workers, list_jobs, scale, submit_workers
 
 from .conftest import SlurmCluster
 from .test_slurm_workers import wait_for
@@ -85,9 +85,11 @@ def test_scale_through_ssh_follows_the_backlog(remote: SSHQueue, slurm: SlurmClu
     with pytest.raises(SlurmError, match="has no SLURM pool policy"):
         scale(remote)
     jobs = [remote.enqueue(slurm_job_of_task) for _ in range(3)]
-    first = submit_workers(remote, 1, time="5:00", max_workers=2, max_idle=3)
+    # Held: the pool's jobs wait until released, so no worker empties the queue before scale looks.
+    first = submit_workers(remote, 1, time="5:00", max_workers=2, max_idle=3, sbatch_args=["--hold"])
     result = scale(remote)
     assert len(result.submitted) == 1 and "submitted 1 of the 1 needed (pool size 2)" in result.message, result
+    slurm.run("scontrol", "release", *first, *result.submitted)
     assert {job.wait(timeout=60) for job in jobs} <= {*first, *result.submitted}
 
 
@@ -99,3 +101,10 @@ def test_a_host_without_fs_task_queue_says_what_to_install(sshd_to_slurm: Sshd, 
     expected = r"No module named fs_task_queue.*install fs-task-queue there"
     with SSHQueue(sshd_to_slurm.url(tmp_path / "q"), **options) as q, pytest.raises(SlurmError, match=expected):
         submit_workers(q, 1, time="5:00")
+
+
+def test_pending_jobs_seen_and_canceled_through_ssh(remote: SSHQueue, slurm: SlurmCluster) -> None:
+    held = submit_workers(remote, 2, time="5:00", sbatch_args=["--hold"])
+    assert {j.job_id for j in list_jobs(remote) if j.state == "pending"} == set(held)
+    assert sorted(cancel_workers(remote, pending_only=True)) == sorted(held)
+    wait_for(lambda: not set(held) & set(slurm.jobs()), what="the held jobs to be canceled")
