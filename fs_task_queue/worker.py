@@ -135,6 +135,8 @@ class Worker:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._hard_deadline: float | None = None
+        # Set by SIGUSR1 in a SLURM job: its successor is submitted by the next chore, not in the handler.
+        self._successor_for: str | None = None
         self._heartbeat_path = layout.worker_path(self.id)
         self._watcher: DirWatcher | None = None
         self._next_beat = self._next_recover = self._next_sweep = 0.0
@@ -183,6 +185,7 @@ class Worker:
         if end is None:
             self.stop("received SIGUSR1 (the job's end is not known: the running task gets --grace)")
             return
+        self._successor_for = walltime.job.job_id  # a pool worker nearing its end: see _chores
         left = max(0.0, end - walltime.kill_margin - time.time())
         self.stop(
             f"received SIGUSR1 from SLURM (job {walltime.job.job_id} ends in {max(0.0, end - time.time()):.0f} s):"
@@ -257,6 +260,12 @@ class Worker:
         # Wake when the margin is reached, even between two looks at squeue.
         return min(walltime.due(), left - walltime.margin)
 
+    def _successor_if_due(self) -> None:
+        """After SLURM's USR1 (the job nears its end): submit the pool's next worker, once."""
+        job_id, self._successor_for = self._successor_for, None
+        if job_id is not None:
+            self._submit_successor(job_id)
+
     def _submit_successor(self, job_id: str) -> None:
         """Before draining: if the queue has a SLURM pool policy and work waits, submit the next worker."""
         from fs_task_queue.slurm import submit_successor
@@ -294,6 +303,7 @@ class Worker:
     # ---------------------------------------------------------------- chores
     def _chores(self, recoverer: Recoverer, *, beat: bool) -> float:
         """Heartbeat, recovery and sweeping when due; seconds until the next one."""
+        self._successor_if_due()
         now = time.monotonic()
         if beat and now >= self._next_beat:
             self._heartbeat_alive()
@@ -431,6 +441,7 @@ class Worker:
             self.executor.serve(self)
         finally:
             self._stop.set()
+            self._successor_if_due()  # USR1 came while idle: no chore ran since
             self._watcher = None
             watcher.close()
             claimer.close()

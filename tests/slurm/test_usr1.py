@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from fs_task_queue import Queue
 from fs_task_queue.slurm import submit_workers
 
 from .conftest import SlurmCluster
-from .test_slurm_workers import WAIT, job_log, wait_for, worker_processes
+from .test_slurm_workers import WAIT, job_log, wait_for
 
 
 # Task functions live here: worker processes get this module's functions by value (conftest).
@@ -38,13 +39,15 @@ def test_usr1_drains_the_worker_and_the_rest_is_served_by_another(slurm: SlurmCl
     out = str(tmp_path / "slurm-%j.out")
     # A 2-minute job warned 110 s before its end: SLURM sends USR1 on its next 30 s tick. The worker
     # looks at squeue too rarely to drain by itself (its own margin is 30 s), and its --grace is 2 s:
-    # a plain graceful stop would kill the running task 2 s after the signal.
+    # a plain graceful stop would kill the running task 2 s after the signal. It is a pool's job
+    # (--max 2): warned, it submits its successor, which serves the rest.
     (first,) = submit_workers(
         qpath,
         time="2:00",
         output=out,
         sbatch_args=["--signal=B:USR1@110"],
         worker_args=["--walltime-check=600", "--grace=2"],
+        max_workers=2,
     )
     wait_for(lambda: holder.get_status().value == "started", what="the first task to start")
     wait_for(lambda: "received SIGUSR1" in job_log(tmp_path, first), timeout=90, what="SLURM's USR1")
@@ -59,8 +62,9 @@ def test_usr1_drains_the_worker_and_the_rest_is_served_by_another(slurm: SlurmCl
     assert holder.wait(timeout=WAIT) == first
     wait_for(lambda: slurm.job_state(first) == "COMPLETED", what="the drained worker to end")
     print(f"USR1 -> worker ended: {time.monotonic() - signalled:.1f} s")
-    assert worker_processes(qpath) == []
-    (second,) = submit_workers(qpath, time="5:00", output=out, worker_args=["--burst"])
+    said = re.search(rf"successor of SLURM job {first}: .* submitted 1 of .* as job\(s\) (\d+)", log)
+    assert said, log
+    second = said.group(1)
     assert {job.wait(timeout=WAIT) for job in rest} == {second}
     # Nothing lost, nothing run twice, no attempt used up.
     assert sorted(runs.read_text().split()) == sorted([first] + [second] * 3)
