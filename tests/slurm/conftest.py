@@ -27,6 +27,11 @@ TIMEOUT = 150
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Workers in SLURM jobs cannot import the test package: ship task functions by value.
     ship_test_modules_by_value(items, __package__, TIMEOUT)
+    import cloudpickle
+
+    from . import tasks
+
+    cloudpickle.register_pickle_by_value(tasks)
 
 
 def _mem_mib() -> int:

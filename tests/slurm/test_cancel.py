@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,8 @@ from fs_task_queue.cli import main
 from fs_task_queue.slurm import cancel_workers, submit_workers
 
 from .conftest import SlurmCluster
-from .test_slurm_workers import wait_for
-
-
-def hold_until(path: str) -> str:
-    # Defined here: a task's function is shipped by value from the modules of the tests that run.
-    while not os.path.exists(path):
-        time.sleep(0.05)
-    return os.environ.get("SLURM_JOB_ID", "")
+from .support import wait_for
+from .tasks import hold_until
 
 
 def test_cancel_pending_then_running_puts_the_running_task_back(

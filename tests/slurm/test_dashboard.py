@@ -12,7 +12,7 @@ from fs_task_queue.reprs import queue_html
 from fs_task_queue.slurm import submit_workers
 
 from .conftest import SlurmCluster
-from .test_slurm_workers import wait_for
+from .support import wait_for
 
 
 def test_dashboard_shows_pending_then_running_slurm_jobs(slurm: SlurmCluster, tmp_path: Path) -> None:

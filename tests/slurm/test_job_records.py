@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -14,18 +13,8 @@ from fs_task_queue.errors import SlurmError
 from fs_task_queue.slurm import list_jobs, read_policy, scale, submit_workers, write_policy
 
 from .conftest import SlurmCluster
-from .test_slurm_workers import WAIT, wait_for
-
-
-# Task functions live here: worker processes get this module's functions by value (conftest).
-def slurm_job_of_task() -> str:
-    return os.environ.get("SLURM_JOB_ID", "")
-
-
-def hold_until(path: str) -> str:
-    while not os.path.exists(path):
-        time.sleep(0.05)
-    return os.environ.get("SLURM_JOB_ID", "")
+from .support import WAIT, wait_for
+from .tasks import hold_until, slurm_job_of_task
 
 
 def test_pending_and_running_jobs_are_listed(

@@ -14,7 +14,7 @@ from fs_task_queue.slurm import submit_workers
 from fs_task_queue.status import JobStatus
 
 from .conftest import SlurmCluster
-from .test_slurm_workers import WAIT, job_log, wait_for
+from .support import WAIT, job_log, wait_for
 
 
 # Task functions live here: worker processes get this module's functions by value (conftest).

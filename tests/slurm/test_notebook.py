@@ -16,7 +16,7 @@ from nbclient import NotebookClient
 from fs_task_queue import Queue
 
 from .conftest import SlurmCluster
-from .test_slurm_workers import wait_for
+from .support import wait_for
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "slurm.ipynb"
 

@@ -8,7 +8,6 @@ what to fix.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,12 +22,8 @@ from fs_task_queue.plugins import SSHQueue
 from fs_task_queue.slurm import cancel_workers, list_jobs, scale, submit_workers
 
 from .conftest import SlurmCluster
-from .test_slurm_workers import wait_for
-
-
-def slurm_job_of_task() -> str:
-    # Defined here: a task's function is shipped by value from the modules of the tests that run.
-    return os.environ.get("SLURM_JOB_ID", "")
+from .support import wait_for
+from .tasks import slurm_job_of_task
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from functools import partial
 from pathlib import Path
@@ -15,18 +14,8 @@ from fs_task_queue.errors import SlurmError
 from fs_task_queue.slurm import pool_job_name, read_policy, scale, submit_workers
 
 from .conftest import SlurmCluster
-from .test_slurm_workers import WAIT, job_log, wait_for
-
-
-# Task functions live here: worker processes get this module's functions by value (conftest).
-def slurm_job_of_task() -> str:
-    return os.environ.get("SLURM_JOB_ID", "")
-
-
-def hold_until(path: str) -> str:
-    while not os.path.exists(path):
-        time.sleep(0.05)
-    return os.environ.get("SLURM_JOB_ID", "")
+from .support import WAIT, job_log, wait_for
+from .tasks import hold_until, slurm_job_of_task
 
 
 def has_successor(tmp_path: Path, job_id: str) -> bool:

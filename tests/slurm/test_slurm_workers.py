@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from fs_task_queue import Queue
@@ -13,56 +11,8 @@ from fs_task_queue.slurm import submit_workers
 from fs_task_queue.status import JobStatus
 
 from .conftest import SlurmCluster
-
-WAIT = 60.0
-
-
-def wait_for(condition: Callable[[], object], timeout: float = WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def slurm_job_of_task() -> str:
-    return os.environ.get("SLURM_JOB_ID", "")
-
-
-def hold_until(path: str) -> str:
-    while not os.path.exists(path):
-        time.sleep(0.05)
-    return os.environ.get("SLURM_JOB_ID", "")
-
-
-def first_run_hangs(marker: str) -> str:
-    """The first run never ends by itself (it records that it started); later runs return at once."""
-    runs = Path(marker)
-    with open(runs, "a") as f:
-        f.write(f"{os.environ.get('SLURM_JOB_ID')}\n")
-    if len(runs.read_text().split()) == 1:
-        time.sleep(600)
-    return "done"
-
-
-def worker_processes(qpath: Path) -> list[int]:
-    """Processes whose command line names the queue (workers and their task processes)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(qpath) in cmdline:
-            found.append(int(pid))
-    return found
-
-
-def job_log(tmp_path: Path, job_id: str) -> str:
-    path = tmp_path / f"slurm-{job_id}.out"
-    return path.read_text(errors="replace") if path.exists() else ""
+from .support import WAIT, job_log, wait_for, worker_processes
+from .tasks import first_run_hangs, hold_until, slurm_job_of_task
 
 
 def test_workers_drain_a_queue(slurm: SlurmCluster, tmp_path: Path, capsys: object) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -11,22 +10,8 @@ from fs_task_queue import Queue
 from fs_task_queue.slurm import submit_workers
 
 from .conftest import SlurmCluster
-from .test_slurm_workers import WAIT, job_log, wait_for
-
-
-# Task functions live here: worker processes get this module's functions by value (conftest).
-def hold_until(path: str, runs: str) -> str:
-    with open(runs, "a") as f:
-        f.write(f"{os.environ.get('SLURM_JOB_ID')}\n")
-    while not os.path.exists(path):
-        time.sleep(0.05)
-    return os.environ.get("SLURM_JOB_ID", "")
-
-
-def note_run(runs: str) -> str:
-    with open(runs, "a") as f:
-        f.write(f"{os.environ.get('SLURM_JOB_ID')}\n")
-    return os.environ.get("SLURM_JOB_ID", "")
+from .support import WAIT, job_log, wait_for
+from .tasks import hold_until, note_run
 
 
 def test_usr1_drains_the_worker_and_the_rest_is_served_by_another(slurm: SlurmCluster, tmp_path: Path) -> None:
