@@ -527,10 +527,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_slurm_submit(args: argparse.Namespace) -> int:
     from fs_task_queue.slurm import submit_workers
 
-    if not args.dry_run:
-        Queue(args.path, create=False)  # a queue that exists, so a typo is not served by a fresh one
+    # A queue that exists, so a typo is not served by a fresh one; an ssh:// queue is submitted to there.
+    queue = Queue(args.path, create=False) if not args.dry_run or "://" in args.path else None
     ids = submit_workers(
-        args.path,
+        args.path if queue is None else queue,
         args.n,
         time=args.time,
         partition=args.partition,

@@ -101,7 +101,7 @@ class Estimate:
             return None
         try:
             record = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # [[[[...: deep nesting is no ValueError
             return None
         if not isinstance(record, dict):
             return None

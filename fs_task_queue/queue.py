@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import stat
 import threading
@@ -1122,14 +1123,19 @@ def _real_root(path: str | os.PathLike[str]) -> str:
     return real
 
 
+_SLURM_JOB_ID = re.compile(r"\d{1,20}(_\d{1,10})?")
+
+
 def _slurm_fields(record: dict[str, Any]) -> dict[str, Any]:
     """The SLURM part of a worker record (see :class:`~fs_task_queue.progress.WorkerInfo`)."""
     slurm = record.get("slurm")
     fields: dict[str, Any] = {"mismatch": str(record.get("mismatch") or "")}
     if isinstance(slurm, dict):
         end = slurm.get("end_time")
+        job_id = slurm.get("job_id")
         fields.update(
-            slurm_job_id=slurm.get("job_id"),
+            # Only a SLURM job id (digits, "_N" for an array task): it may reach scancel's command line.
+            slurm_job_id=job_id if isinstance(job_id, str) and _SLURM_JOB_ID.fullmatch(job_id) else None,
             partition=slurm.get("partition"),
             slurm_end_time=float(end) if isinstance(end, (int, float)) else None,
         )

@@ -187,6 +187,7 @@ class TaskLoop:
         # Run times of finished tasks, learned per function (see fs_task_queue.durations).
         self.durations = DurationLog(self.queue.storage)
         self._learned: DurationCache | None = None
+        self._most_left: float | None = None  # time left at the first claim with a deadline
         self.jobs_done = 0
         self._exit: LoopExit | None = None
         self._delayed_since_look = False
@@ -216,7 +217,20 @@ class TaskLoop:
             if not expected:
                 expected, learned = self._learned_duration(task.header)
         left = until - time.time()
+        if self._most_left is None:
+            self._most_left = left  # the first look: as much time as this loop will ever have
         if expected <= left and left > 0:
+            return True
+        if learned and left > 0 and expected > self._most_left:
+            # Held back here, it would be held back by every worker of this size, forever, with nothing
+            # learned again: one long run can set the estimate. Run it; the margin puts it back if need be.
+            log.warning(
+                "job %s: its function's earlier runs took up to %.0f s, more than this worker ever had (%.0f s):"
+                " running it anyway (it is put back, not failed, if the allocation ends first)",
+                job.id,
+                expected,
+                self._most_left,
+            )
             return True
         requeue(job)  # renamed back as it was: not an attempt
         if left <= 0:

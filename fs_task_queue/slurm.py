@@ -273,7 +273,10 @@ def _sbatch(script: str, argv: list[str], n: int) -> list[str]:
         raise SlurmError("sbatch not found: run this on a SLURM login node (or put SLURM's bin directory on PATH)")
     ids: list[str] = []
     for _ in range(n):
-        done = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(argv, input=script, capture_output=True, text=True, check=False, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise SlurmError("sbatch gave no answer in 120 s: is slurmctld up? (try `squeue` yourself)") from None
         if done.returncode != 0:
             submitted = f" ({len(ids)} submitted before it: {' '.join(ids)})" if ids else ""
             raise SlurmError(f"sbatch failed{submitted}: {done.stderr.strip() or done.stdout.strip()}")
@@ -444,9 +447,26 @@ class PoolPolicy:
 
     @classmethod
     def from_json(cls, data: bytes) -> PoolPolicy:
-        record = json.loads(data)
+        """The policy in ``data``; ValueError, TypeError or KeyError if it is not a whole, valid one."""
+        if len(data) > MAX_POLICY_BYTES:
+            raise ValueError(f"{len(data)} bytes, more than a policy ever holds")
+        try:
+            record = json.loads(data)
+        except RecursionError:
+            raise ValueError("nested too deep to be a policy") from None
+        if not isinstance(record, dict) or not isinstance(record.get("options"), dict):
+            raise TypeError("not a JSON object with options")
         options = SubmitOptions(**record.pop("options"))
-        return cls(options=options, **record)
+        for name in ("sbatch_args", "worker_args"):
+            words = getattr(options, name)
+            if not isinstance(words, list | tuple) or not all(isinstance(w, str) for w in words):
+                raise TypeError(f"options.{name} is not a list of strings")
+        policy = cls(options=options, **record)
+        numbers = [*policy.submitted, policy.last_start, policy.last_failure]
+        if not isinstance(policy.failures, int) or not all(isinstance(t, int | float) for t in numbers):
+            raise TypeError("its counts and times are not numbers")
+        policy.check()
+        return policy
 
     def describe(self) -> str:
         text = (
@@ -461,6 +481,10 @@ class PoolPolicy:
         return text
 
 
+#: A pool policy is a few hundred bytes: a bigger file is not read as one.
+MAX_POLICY_BYTES = 65536
+
+
 def read_policy(queue: Queue) -> PoolPolicy | None:
     """The queue's pool policy, or None if it has none."""
     try:
@@ -469,7 +493,7 @@ def read_policy(queue: Queue) -> PoolPolicy | None:
         return None
     try:
         return PoolPolicy.from_json(data)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise SlurmError(
             f"{queue.path}/{POLICY_PATH} is not a SLURM pool policy ({exc}): set it again with"
             " `fs-task-queue slurm submit PATH --time ... --max N`"
@@ -484,7 +508,7 @@ def write_policy(queue: Queue, policy: PoolPolicy) -> None:
 
 
 def count_jobs(job_name: str, *, exclude: str | None = None) -> tuple[int, int]:
-    """(running, pending) SLURM jobs of this user named ``job_name``, not counting ``exclude``.
+    """(running, pending) SLURM jobs named ``job_name`` (any user's), not counting ``exclude``.
 
     A running job that a pending one depends on (a worker that submitted its
     successor and is draining) is not counted: its successor stands for it.
@@ -492,21 +516,13 @@ def count_jobs(job_name: str, *, exclude: str | None = None) -> tuple[int, int]:
     pending successor would make the pool look full to the others, and only
     one of them would be replaced.
     """
-    import getpass
-
-    argv = ["squeue", "-h", "-o", "%i|%t|%E", "-n", job_name, "-u", getpass.getuser(), "-t", "R,CF,PD"]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError as exc:
-        raise SlurmError("squeue not found: run this on a SLURM login node (or put SLURM's bin on PATH)") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise SlurmError("squeue gave no answer in 60 s: is slurmctld up? (try `squeue` yourself)") from exc
-    if done.returncode != 0:
-        raise SlurmError(f"squeue failed: {done.stderr.strip() or done.stdout.strip()}")
+    # Every user's jobs of that name: the name is the queue's (a hash of its path), and in a shared
+    # queue each member's pool jobs serve it (a site that hides others' jobs shows one's own).
+    out = _slurm_command(["squeue", "-h", "-o", "%i|%t|%E", "-n", job_name, "-t", "R,CF,PD"])
     running: set[str] = set()
     pending = 0
     replaced: set[str] = set()
-    for line in done.stdout.splitlines():
+    for line in out.splitlines():
         job_id, state, dependency = ([*line.split("|", 2), "", ""])[:3]
         if not job_id or job_id == exclude:
             continue
@@ -722,7 +738,7 @@ def _json_answer(stdout: str) -> dict[str, Any]:
     lines = stdout.strip().splitlines()
     try:
         answer = json.loads(lines[-1]) if lines else None
-    except ValueError:
+    except (ValueError, RecursionError):
         answer = None
     if not isinstance(answer, dict) or not isinstance(answer.get("job_ids"), list):
         raise SlurmError(f"fs-task-queue on the queue's host gave no job ids: {stdout.strip()[-500:]!r}")
@@ -745,6 +761,11 @@ def _run_on_host(queue: Queue, args: list[str]) -> str:
             )
         elif "unrecognized arguments: --json" in said:
             hint = ". Fix: the fs-task-queue there is older than this one: upgrade it"
+        elif "not found: run this on a SLURM login node" in said:
+            hint = (
+                ". Over SSH the host's non-interactive shell runs this: put SLURM on its PATH (in ~/.bashrc,"
+                " above any line that returns early for non-interactive shells), or use a login node's URL"
+            )
         raise SlurmError(f"`{done.command}` failed on the host of {queue.path}: {said}{hint}")
     return done.stdout
 
@@ -772,10 +793,13 @@ def _output_path(options: SubmitOptions, job_id: str, cwd: str) -> str:
 
 def record_jobs(queue: Queue, ids: Sequence[str], options: SubmitOptions) -> None:
     """Record submitted worker jobs in the queue, so they are visible while pending (see :func:`list_jobs`)."""
-    now, cwd = time.time(), os.getcwd()
+    import getpass
+
+    now, cwd, user = time.time(), os.getcwd(), getpass.getuser()
     for job_id in ids:
         record = {
             "job_id": job_id,
+            "user": user,  # whose squeue lists it (a site may hide other users' jobs)
             "submitted": now,
             "time_limit": options.time,
             "partition": options.partition,
@@ -815,7 +839,7 @@ def _job_record(name: str, data: bytes) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("job_id"), str):
         return None
@@ -934,11 +958,22 @@ def cancel_workers(queue: Queue, *, pending_only: bool = False) -> list[str]:
         return [str(i) for i in _json_answer(_run_on_host(queue, words))["job_ids"]]
     wanted = ("pending",) if pending_only else ("pending", "running")
     jobs = [j for j in list_jobs(queue) if j.state in wanted]
-    if jobs:
-        _slurm_command(["scancel", *(j.job_id for j in jobs)])
-    # A canceled pending job never starts: its record goes (it is not a failed start either).
-    queue.storage.remove_many([f"{JOBS_DIR}/{j.job_id}.json" for j in jobs if j.state == "pending"])
-    return [j.job_id for j in jobs]
+    if not jobs:
+        return []
+    # Only what SLURM still lists as this user's (scancel fails on an ended job's id), and only ids:
+    # list_jobs gives digits (and _N of an array task), never an option.
+    listed = _squeue_ids()
+    ids = [j.job_id for j in jobs if j.job_id.split("_")[0] in listed and _JOB_ID.match(j.job_id.split("_")[0])]
+    try:
+        if ids:
+            _slurm_command(["scancel", *ids])
+    finally:
+        # A canceled pending job never starts: its record goes (not a failed start). Others' records stay.
+        canceled = set(ids)
+        queue.storage.remove_many(
+            [f"{JOBS_DIR}/{j.job_id}.json" for j in jobs if j.state == "pending" and j.job_id in canceled]
+        )
+    return ids
 
 
 @dataclass
@@ -956,20 +991,32 @@ def reconcile_jobs(queue: Queue) -> Reconciled:
     A recorded job that SLURM no longer lists and whose worker never marked
     its record started failed to start a worker (its batch script failed: a
     broken Python, environment or worker option); its log is its ``output``.
+
+    Only this user's records are judged (another user's jobs may be hidden
+    from this user's squeue), and only for a queue on this machine (another
+    machine's squeue knows nothing of its jobs). The records are read before
+    squeue is asked: a job is recorded after sbatch accepted it, so a record
+    read first names a job that squeue lists unless it ended.
     """
+    import getpass
+
+    if queue.storage.local_path("") is None:
+        return Reconciled([], [], 0.0)
     try:
         names = sorted(n for n in queue.storage.listdir(JOBS_DIR) if n.endswith(".json"))
     except (FileNotFoundError, NotADirectoryError):
         return Reconciled([], [], 0.0)
+    me = getpass.getuser()
+    records = _read_job_records(queue, names)
     listed = _squeue_ids()
     failed: list[dict[str, Any]] = []
     pruned: list[str] = []
     last_start = 0.0
-    for record in _read_job_records(queue, names):
+    for record in records:
         started = record.get("started")
         if isinstance(started, (int, float)):
             last_start = max(last_start, float(started))
-        if record["job_id"] in listed:
+        if record["job_id"] in listed or record.get("user") != me:
             continue
         if not started:
             failed.append(record)

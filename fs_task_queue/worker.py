@@ -137,6 +137,7 @@ class Worker:
         self._hard_deadline: float | None = None
         # Set by SIGUSR1 in a SLURM job: its successor is submitted by the next chore, not in the handler.
         self._successor_for: str | None = None
+        self._successor_threads: list[threading.Thread] = []
         self._heartbeat_path = layout.worker_path(self.id)
         self._watcher: DirWatcher | None = None
         self._next_beat = self._next_recover = self._next_sweep = 0.0
@@ -169,8 +170,11 @@ class Worker:
             # SLURM's SIGTERM (time limit or scancel) is followed by SIGKILL within
             # KillWait (seconds): no grace, put the running task back now.
             self.kill_task(f"received SIGTERM from SLURM (job {self.walltime.job.job_id} is ending)")
-        elif signum == signal.SIGUSR1 and self.walltime is not None and not self._stop.is_set():
-            self._drain_for_slurm()
+        elif signum == signal.SIGUSR1 and self.walltime is not None:
+            # SLURM's warning, not a user's second signal: one that comes while the worker drains
+            # already (at its margin) leaves the running task its deadline.
+            if not self._stop.is_set():
+                self._drain_for_slurm()
         elif self._stop.is_set():
             self.kill_task(f"received a second signal ({name})")
         else:
@@ -267,16 +271,34 @@ class Worker:
             self._submit_successor(job_id)
 
     def _submit_successor(self, job_id: str) -> None:
-        """Before draining: if the queue has a SLURM pool policy and work waits, submit the next worker."""
+        """Before draining: if the queue has a SLURM pool policy and work waits, submit the next worker.
+
+        In a thread of its own: squeue, sbatch and the pool's lock can take
+        seconds (a whole pool nearing its end together takes turns), and the
+        drain's deadline for the running task must not wait for them.
+        """
+        thread = threading.Thread(target=self._successor, args=(job_id,), name="fsq-slurm-successor", daemon=True)
+        self._successor_threads.append(thread)
+        thread.start()
+
+    def _successor(self, job_id: str) -> None:
         from fs_task_queue.slurm import submit_successor
 
         try:
             result = submit_successor(self.queue, job_id)
-        except (OSError, subprocess.SubprocessError, FSQError) as exc:
+        except (OSError, subprocess.SubprocessError, FSQError, ValueError, TypeError) as exc:
             log.warning("no successor submitted for SLURM job %s: %s", job_id, exc)
             return
         if result is not None:
             log.info("successor of SLURM job %s: %s", job_id, result.message)
+
+    def _join_successors(self) -> None:
+        """Before the worker exits (its job ends with it): let a successor's submission finish."""
+        deadline = time.monotonic() + SUCCESSOR_WAIT
+        for thread in self._successor_threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("the successor's submission is still running after %.0f s: exiting anyway", SUCCESSOR_WAIT)
 
     def _unregister(self) -> None:
         try:
@@ -442,6 +464,7 @@ class Worker:
         finally:
             self._stop.set()
             self._successor_if_due()  # USR1 came while idle: no chore ran since
+            self._join_successors()
             self._watcher = None
             watcher.close()
             claimer.close()
@@ -451,6 +474,10 @@ class Worker:
                 signal.signal(signum, handler)
             log.info("worker %s stopped after %d jobs (%s)", self.id, self.jobs_done, self._stop_reason)
         return self.jobs_done
+
+
+#: How long an exiting worker waits for its successor's submission (sbatch, squeue, the pool's lock).
+SUCCESSOR_WAIT = 30.0
 
 
 def _slurm_walltime() -> Walltime | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fs_task_queue.errors import FSQError
 from fs_task_queue.queue import Queue
 from fs_task_queue.slurm import POLICY_PATH, cancel_workers, scale, submit_workers
 
@@ -66,8 +65,18 @@ def follow_backlog(queue: Queue) -> str | None:
         if not queue.storage.exists(POLICY_PATH):
             return None
         result = scale(queue)
-    except (FSQError, OSError, ValueError) as exc:
-        return f"fsq: the SLURM pool submitted no worker: {exc}"
+    except Exception as exc:  # the cell's task is submitted: nothing here may fail it
+        said = f"fsq: the SLURM pool submitted no worker: {exc}"
+        # A stopped pool says so once, not after every cell.
+        if _last_error.get(queue.path) == said:
+            return None
+        _last_error[queue.path] = said
+        return said
+    _last_error.pop(queue.path, None)
     if not result.submitted:
         return None
     return f"fsq: the SLURM pool submitted {len(result.submitted)} worker job(s): {' '.join(result.submitted)}"
+
+
+#: The last failure said per queue path (see follow_backlog).
+_last_error: dict[str, str] = {}
