@@ -103,3 +103,32 @@ def test_pending_jobs_seen_and_canceled_through_ssh(remote: SSHQueue, slurm: Slu
     assert {j.job_id for j in list_jobs(remote) if j.state == "pending"} == set(held)
     assert sorted(cancel_workers(remote, pending_only=True)) == sorted(held)
     wait_for(lambda: not set(held) & set(slurm.jobs()), what="the held jobs to be canceled")
+
+
+def test_the_cli_submits_to_an_ssh_url_on_its_host(
+    sshd_to_slurm: Sshd,
+    slurm: SlurmCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fs_task_queue.cli import main
+
+    Queue(tmp_path / "q")
+    home = tmp_path / "laptop-home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    (home / ".ssh" / "known_hosts").write_text(sshd_to_slurm.known_hosts.read_text())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PARAMIKO_SSH_KEYFILE", str(sshd_to_slurm.client_key))
+    monkeypatch.setenv("PARAMIKO_SSH_ALLOW_AGENT", "false")
+    monkeypatch.setenv("PARAMIKO_SSH_LOOK_FOR_KEYS", "false")
+    monkeypatch.setenv("FSQ_SSH_REMOTE_PYTHON", sys.executable)
+    url = sshd_to_slurm.url(tmp_path / "q")
+    assert main(["slurm", "submit", url, "--time", "5:00", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"worker --path {tmp_path / 'q'} " in out, out  # the host's path, not the URL taken for a local one
+    assert main(["slurm", "submit", url, "--time", "5:00", "--sbatch-arg=--hold"]) == 0
+    (job_id,) = capsys.readouterr().out.split(": ")[1].split()
+    assert slurm.job_state(job_id) == "PENDING"
+    assert main(["slurm", "cancel", url]) == 0
+    assert f"canceled 1 worker job(s): {job_id}" in capsys.readouterr().out
