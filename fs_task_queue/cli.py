@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -525,12 +526,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_slurm_submit(args: argparse.Namespace) -> int:
-    from fs_task_queue.slurm import submit_workers
-
     # A queue that exists, so a typo is not served by a fresh one; an ssh:// queue is submitted to there.
     queue = Queue(args.path, create=False) if not args.dry_run or "://" in args.path else None
-    ids = submit_workers(
-        args.path if queue is None else queue,
+    with contextlib.closing(queue) if queue is not None else contextlib.nullcontext():
+        ids = _submit(args, args.path if queue is None else queue)
+    if args.json:
+        print(json.dumps({"job_ids": ids}))
+    elif ids:
+        print(f"submitted {len(ids)} worker job(s): {' '.join(ids)}")
+    return 0
+
+
+def _submit(args: argparse.Namespace, queue: str | Queue) -> list[str]:
+    from fs_task_queue.slurm import submit_workers
+
+    return submit_workers(
+        queue,
         args.n,
         time=args.time,
         partition=args.partition,
@@ -547,22 +558,13 @@ def _cmd_slurm_submit(args: argparse.Namespace) -> int:
         max_pending=args.max_pending,
         max_per_minute=args.max_per_minute,
     )
-    if args.json:
-        print(json.dumps({"job_ids": ids}))
-    elif ids:
-        print(f"submitted {len(ids)} worker job(s): {' '.join(ids)}")
-    return 0
 
 
 def _cmd_slurm_scale(args: argparse.Namespace) -> int:
     from fs_task_queue.slurm import scale
 
-    result = scale(
-        Queue(args.path, create=False),
-        max_workers=args.max,
-        max_pending=args.max_pending,
-        max_per_minute=args.max_per_minute,
-    )
+    with Queue(args.path, create=False) as queue:  # closed: an ssh:// one holds a connection
+        result = scale(queue, max_workers=args.max, max_pending=args.max_pending, max_per_minute=args.max_per_minute)
     print(json.dumps({"job_ids": result.submitted, "message": result.message}) if args.json else result.message)
     return 0
 
@@ -570,7 +572,8 @@ def _cmd_slurm_scale(args: argparse.Namespace) -> int:
 def _cmd_slurm_cancel(args: argparse.Namespace) -> int:
     from fs_task_queue.slurm import cancel_workers
 
-    ids = cancel_workers(Queue(args.path, create=False), pending_only=args.pending)
+    with Queue(args.path, create=False) as queue:
+        ids = cancel_workers(queue, pending_only=args.pending)
     if args.json:
         print(json.dumps({"job_ids": ids}))
     else:

@@ -149,3 +149,18 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     require_sshd()
     with Sshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def no_connection_left_open() -> Iterator[None]:
+    """Every SSH connection a test (or a failed open) made is closed when it ends: none leaks a thread.
+
+    Autouse where imported (a conftest or a test module that talks SSH).
+    """
+    yield
+    import threading
+
+    import paramiko
+
+    left = [t for t in threading.enumerate() if isinstance(t, paramiko.Transport)]
+    assert not left, f"{len(left)} SSH connection(s) left open (or their threads still running)"

@@ -169,9 +169,14 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 
 
 @pytest.fixture
-def slurm(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlurmCluster]:
-    """The session's cluster, as the client commands of this test see it; its jobs end with the test."""
+def slurm(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[SlurmCluster]:
+    """The session's cluster, as the client commands of this test see it; its jobs end with the test.
+
+    The test runs in its temporary directory: jobs submitted without ``--output`` write their
+    ``slurm-<id>.out`` there, not in the checkout.
+    """
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)
     try:
         yield slurm_cluster
     finally:

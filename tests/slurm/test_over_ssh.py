@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ssh_server import Sshd, require_sshd, ssh_opts
+from ssh_server import Sshd, no_connection_left_open, require_sshd, ssh_opts
 
 from fs_task_queue import Queue
 from fs_task_queue.errors import SlurmError
@@ -24,6 +24,8 @@ from fs_task_queue.slurm import cancel_workers, list_jobs, scale, submit_workers
 from .conftest import SlurmCluster
 from .support import wait_for
 from .tasks import slurm_job_of_task
+
+__all__ = ["no_connection_left_open"]  # autouse here too: every SSH connection closed after each test
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from helpers import Workers, ship_test_modules_by_value
-from ssh_server import Sshd, ssh_opts, sshd
+from ssh_server import Sshd, no_connection_left_open, ssh_opts, sshd
 
 from fs_task_queue import Queue
 from fs_task_queue.plugins import SSHQueue
 
-__all__ = ["sshd"]
+__all__ = ["no_connection_left_open", "sshd"]
 
 
 @pytest.fixture
@@ -60,15 +60,3 @@ def worker(local: Queue, workers: Workers) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Worker processes cannot import the test package: ship task functions by value.
     ship_test_modules_by_value(items, __package__, 120)
-
-
-@pytest.fixture(autouse=True)
-def no_connection_left_open() -> Iterator[None]:
-    """Every SSH connection a test (or a failed open) made is closed when it ends: none leaks a thread."""
-    yield
-    import threading
-
-    import paramiko
-
-    left = [t for t in threading.enumerate() if isinstance(t, paramiko.Transport)]
-    assert not left, f"{len(left)} SSH connection(s) left open (or their threads still running)"
