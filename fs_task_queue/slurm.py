@@ -147,20 +147,10 @@ def sbatch_argv(options: SubmitOptions) -> list[str]:
     """The sbatch command (the script goes on its standard input)."""
     options.check()
     argv = ["sbatch", "--parsable", f"--time={options.time}", f"--job-name={options.job_name}"]
-    if options.partition:
-        argv.append(f"--partition={options.partition}")
-    if options.account:
-        argv.append(f"--account={options.account}")
-    if options.cpus_per_task:
-        argv.append(f"--cpus-per-task={options.cpus_per_task}")
-    if options.mem:
-        argv.append(f"--mem={options.mem}")
-    if options.array:
-        argv.append(f"--array={options.array}")
-    if options.output:
-        argv.append(f"--output={options.output}")
-    if options.dependency:
-        argv.append(f"--dependency={options.dependency}")
+    # check() refused empty names and numbers below 1; an empty output or dependency means none.
+    argv += _words(partition=options.partition, account=options.account, cpus_per_task=options.cpus_per_task)
+    argv += _words(mem=options.mem, array=options.array, output=options.output or None)
+    argv += _words(dependency=options.dependency or None)
     return argv + list(options.sbatch_args)
 
 
