@@ -90,21 +90,17 @@ def main() -> None:
         output = str(tmp / "slurm-%j.out")
         print(f"slurm: {cluster.run('sinfo', '-V').strip()}, one node, {cluster.cpus} CPUs")
 
-        def local() -> list[str]:
-            return submit_workers(queue, 1, time="10:00", max_idle=1, output=output)
+        def one_worker(on: Queue) -> Callable[[], list[str]]:
+            return lambda: submit_workers(on, 1, time="10:00", max_idle=1, output=output)
 
-        to_task, calls = _submit_to_first_task(queue, local, args.rounds, cluster.jobs)
+        to_task, calls = _submit_to_first_task(queue, one_worker(queue), args.rounds, cluster.jobs)
         print(_line("submit_workers() to the first task running", to_task))
         print(_line("  of which the submit_workers() call (sbatch)", calls))
         cluster.cancel_all()
 
         sshd = Sshd(tmp / "sshd", extra=(f"SetEnv SLURM_CONF={cluster.conf}",)).start()
         with SSHQueue(sshd.url(tmp / "q"), **ssh_opts(sshd, remote_python=sys.executable)) as remote:
-
-            def over_ssh() -> list[str]:
-                return submit_workers(remote, 1, time="10:00", max_idle=1, output=output)
-
-            to_task, calls = _submit_to_first_task(remote, over_ssh, args.rounds, cluster.jobs)
+            to_task, calls = _submit_to_first_task(remote, one_worker(remote), args.rounds, cluster.jobs)
         print(_line("through SSHQueue: submit_workers() to the first task running", to_task))
         print(_line("  of which the submit_workers() call (ssh exec of fs-task-queue slurm submit)", calls))
         cluster.cancel_all()
